@@ -1,0 +1,87 @@
+//! Run CPU-bound, crash-prone or must-be-killable functions in a pool of worker processes,
+//! from any async runtime or from plain synchronous code.
+//!
+//! [`ProcessPool::spawn`] hands a function and its arguments to a worker process and returns a
+//! [`ProcessTask`]: a future of the result that also knows which process runs the work, its
+//! status and its timing. A panic in the task, or the death of its worker, fails that task
+//! alone; the pool replaces the worker and keeps its size.
+//!
+//! ```no_run
+//! fn fib(n: u64) -> u64 { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }
+//!
+//! fn main() -> Result<(), offload::Error> {
+//!     offload::init(); // must come first: in a worker process, this serves and exits
+//!
+//!     futures_lite::future::block_on(async {
+//!         let pool = offload::ProcessPool::new(2)?;
+//!         let mut task = pool.spawn(fib, 30);
+//!         println!("running in process {:?}", task.pid());
+//!         let value = (&mut task).await?;
+//!         println!("{value} {task:?}"); // <ProcessTask func='fib' status='done' pid=.. duration=..s>
+//!         Ok(())
+//!     })
+//! }
+//! ```
+//!
+//! # Task functions
+//!
+//! A task function is a function item or a closure that captures nothing, whose arguments and
+//! result implement `serde`'s `Serialize` and `DeserializeOwned` (see [`TaskFn`]). Nothing is
+//! registered: the worker is this same executable, started again with `--worker`, and the
+//! parent sends the position of the function's code, which the worker trusts only after a
+//! handshake proved it runs the very same file.
+//!
+//! # Implementation
+//!
+//! - Each pool starts one thread, named `offload-driver`, which runs `async_io::block_on` over
+//!   all of the pool's pipes, queue and worker supervision. A [`ProcessTask`] is only shared
+//!   state and a waker, so it works under smol, async-std, Tokio or none.
+//! - Workers are started as `/proc/self/exe --worker` (the current executable elsewhere), in a
+//!   process group of their own, with the parent's environment and stderr. They exit when their
+//!   stdin closes, and on Linux they are killed when the parent dies (`PR_SET_PDEATHSIG`).
+//! - async-process starts its own reaper thread, named `async-process`, on first use.
+//!
+//! # Caveats
+//!
+//! - [`init`] must be the first call in `main`: everything before it also runs in every worker.
+//! - `--worker`, as the only argument, is reserved for offload.
+//! - Unix only for now.
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(not(unix))]
+compile_error!("offload supports Unix platforms only for now");
+
+mod default;
+mod driver;
+mod entry;
+mod error;
+mod pool;
+mod task;
+mod wire;
+mod worker;
+
+pub use crate::default::{default_pool, set_default_pool, to_process};
+pub use crate::entry::TaskFn;
+pub use crate::error::{Error, TaskError};
+pub use crate::pool::{PoolBuilder, ProcessPool};
+pub use crate::task::{ProcessTask, TaskInfo, TaskStatus};
+pub use crate::wire::MAX_FRAME_LEN;
+
+/// Turns this process into a worker if it was started as one; otherwise returns at once.
+///
+/// Call it first in `main`. In a process started by a pool (as `program --worker`) it serves
+/// tasks until the pool lets it go, then exits the process; it never returns there. Anywhere
+/// else it costs one look at the command line.
+///
+/// # Examples
+///
+/// ```no_run
+/// fn main() {
+///     offload::init();
+///     // the application, which may now build pools
+/// }
+/// ```
+pub fn init() {
+    worker::init();
+}
