@@ -205,20 +205,20 @@ pub(crate) unsafe fn resolve(entry: u64) -> Trampoline {
 }
 
 /// The function's name as shown in metadata: its type name without the module path
-/// (`fib`), with the enclosing function for closures (`main::{{closure}}`).
+/// (`fib`); for a closure, from the enclosing named function on (`main::{{closure}}`).
 pub(crate) fn func_name<F>() -> &'static str {
     let full = std::any::type_name::<F>();
     // Drop generic arguments, which could themselves contain `::`.
     let path = full.split('<').next().unwrap_or(full);
-    let mut parts = path.rsplitn(3, "::");
-    let last = parts.next().unwrap_or(path);
-    if last.starts_with("{{") {
-        if let Some(parent) = parts.next() {
-            let start = path.len() - last.len() - 2 - parent.len();
-            return &path[start..];
+    let mut start = path.len();
+    for segment in path.rsplit("::") {
+        start -= segment.len();
+        if !segment.starts_with("{{") {
+            break;
         }
+        start = start.saturating_sub(2);
     }
-    last
+    &path[start..]
 }
 
 /// Protocol revision: bumped whenever the wire format changes.
@@ -274,5 +274,10 @@ mod tests {
         }
         assert_eq!(name_of(double), "double");
         assert_eq!(name_of(|x: u8| x), "names_come_from_the_type::{{closure}}");
+        let nested = || name_of(|x: u8| x);
+        assert_eq!(
+            nested(),
+            "names_come_from_the_type::{{closure}}::{{closure}}"
+        );
     }
 }

@@ -1,0 +1,148 @@
+//! Shared by the integration tests. Each test binary is also its own worker program: its
+//! `main` calls `offload::init()` first, through [`main_with`].
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// The upper bound for any single scenario: generous, for loaded machines; a hang fails the
+/// test instead of stalling the run.
+pub const BOUND: Duration = Duration::from_secs(60);
+
+/// `main` of a test binary: serve if started as a worker, else run `trials`.
+pub fn main_with(trials: Vec<Trial>) {
+    offload::init();
+    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+}
+
+/// A trial from a function that panics on failure.
+pub fn trial(name: &'static str, test: fn()) -> Trial {
+    Trial::test(name, move || {
+        test();
+        Ok::<(), Failed>(())
+    })
+}
+
+/// Runs `fut` to completion, failing the test if it takes longer than [`BOUND`].
+pub async fn bounded<T>(fut: impl Future<Output = T>) -> T {
+    futures_lite::future::or(fut, async {
+        async_io::Timer::after(BOUND).await;
+        panic!("scenario did not finish within {BOUND:?}");
+    })
+    .await
+}
+
+/// Blocks until `cond` holds, checking every millisecond, up to [`BOUND`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The four executors every scenario runs under.
+#[derive(Debug, Clone, Copy)]
+pub enum Runtime {
+    Smol,
+    AsyncStd,
+    TokioCurrentThread,
+    TokioMultiThread,
+}
+
+pub const RUNTIMES: [Runtime; 4] = [
+    Runtime::Smol,
+    Runtime::AsyncStd,
+    Runtime::TokioCurrentThread,
+    Runtime::TokioMultiThread,
+];
+
+impl Runtime {
+    /// Runs `fut` on this runtime, within [`BOUND`].
+    pub fn block_on<T: Send + 'static>(self, fut: impl Future<Output = T> + Send + 'static) -> T {
+        let fut = bounded(fut);
+        match self {
+            Runtime::Smol => smol::block_on(fut),
+            Runtime::AsyncStd => async_std::task::block_on(fut),
+            Runtime::TokioCurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(fut),
+            // Run inside a spawned task, so that the future really moves between threads.
+            Runtime::TokioMultiThread => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async { tokio::spawn(fut).await.unwrap() })
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Smol => "smol",
+            Runtime::AsyncStd => "async_std",
+            Runtime::TokioCurrentThread => "tokio_current_thread",
+            Runtime::TokioMultiThread => "tokio_multi_thread",
+        }
+    }
+}
+
+/// Whether process `pid` exists and is a child of this process.
+pub fn is_our_child(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next().unwrap();
+    let ppid: u32 = fields.next().unwrap().parse().unwrap();
+    state != "Z" && ppid == std::process::id()
+}
+
+/// A fresh, empty directory, unique in this run.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("offload-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// ---- task functions, run in the workers ----
+
+/// Sleeps, then returns the pid of the process that ran it.
+pub fn sleep_ms(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+/// Announces itself in `dir` and waits, up to [`BOUND`], until `n` tasks have: proves `n`
+/// tasks run at the same time. Returns the pid of the process that ran it.
+pub fn rendezvous(dir: PathBuf, n: usize) -> u32 {
+    let pid = std::process::id();
+    std::fs::write(dir.join(pid.to_string()), b"").unwrap();
+    let deadline = Instant::now() + BOUND;
+    while count(&dir) < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} tasks met",
+            count(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    pid
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
