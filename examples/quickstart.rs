@@ -25,7 +25,7 @@ fn main() -> Result<(), offload::Error> {
         println!("pool of {} worker processes", pool.workers());
 
         let started = Instant::now();
-        let mut tasks: Vec<_> = (30..36).map(|n| (n, pool.spawn(fib, n))).collect();
+        let mut tasks: Vec<_> = (36..42).map(|n| (n, pool.spawn(fib, n))).collect();
         for (n, task) in &tasks {
             println!("fib({n}) spawned: {task:?}");
         }

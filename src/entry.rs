@@ -50,7 +50,7 @@ use crate::wire::CodecFailure;
 ///
 /// A capturing closure does not build:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0080
 /// # fn main() -> Result<(), offload::Error> {
 /// let pool = offload::ProcessPool::new(1)?;
 /// let offset = 10;

@@ -82,6 +82,13 @@ pub use crate::wire::MAX_FRAME_LEN;
 ///     // the application, which may now build pools
 /// }
 /// ```
+// The example is about where the call goes in `main`.
+#[allow(clippy::needless_doctest_main)]
 pub fn init() {
     worker::init();
 }
+
+/// The README's example, compiled as a doctest so that it stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

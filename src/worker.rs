@@ -142,7 +142,9 @@ fn serve() -> Result<(), String> {
             ))
         }
     };
-    follow_parent(parent)?;
+    if !follow_parent(parent)? {
+        return Ok(()); // nobody is left to serve
+    }
     channel.send(&FromWorker::Hello {
         pid: std::process::id(),
         build: build_id(),
@@ -165,16 +167,13 @@ fn serve() -> Result<(), String> {
     }
 }
 
-/// Dies with the parent: `SIGKILL` when it exits (Linux), and at once if it already has.
-fn follow_parent(parent: u32) -> Result<(), String> {
+/// Dies with the parent: `SIGKILL` when it exits (Linux). Returns `false` if it already has.
+fn follow_parent(parent: u32) -> Result<bool, String> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
         .map_err(|e| format!("could not set the parent death signal: {e}"))?;
     let current = rustix::process::getppid().map_or(0, |pid| pid.as_raw_nonzero().get() as u32);
-    if current != parent {
-        return Err(format!("the parent {parent} is already gone"));
-    }
-    Ok(())
+    Ok(current == parent)
 }
 
 /// Records the location of panics inside tasks; other threads keep the usual report.
