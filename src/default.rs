@@ -5,6 +5,7 @@ use std::sync::{Mutex, PoisonError};
 use crate::entry::TaskFn;
 use crate::error::Error;
 use crate::pool::{submit, ProcessPool};
+use crate::state::TaskOptions;
 use crate::task::ProcessTask;
 
 static DEFAULT_POOL: Mutex<Option<ProcessPool>> = Mutex::new(None);
@@ -72,7 +73,7 @@ where
 {
     let _ = f;
     match default_pool() {
-        Ok(pool) => submit::<F, M>(Ok(pool.jobs()), &args),
-        Err(err) => submit::<F, M>(Err(err.into_task_error()), &args),
+        Ok(pool) => submit::<F, M>(Ok(&pool), &args, TaskOptions::default()),
+        Err(err) => submit::<F, M>(Err(err.into_task_error()), &args, TaskOptions::default()),
     }
 }

@@ -1,34 +1,43 @@
 //! The driver: one named thread per pool that owns every worker process and pipe.
 //!
-//! The thread runs `async_io::block_on` over one future per worker slot. A slot starts a
-//! worker, takes jobs from the pool's queue one at a time, writes each to the worker and reads
-//! the reply, and starts a replacement whenever its worker dies or misbehaves. The queue is an
-//! MPMC channel, so an idle slot takes the next job the moment it is spawned.
+//! The thread runs `async_io::block_on` over one future per worker slot, plus one future per
+//! worker being stopped. A slot starts a worker, takes jobs from the pool's queue one at a
+//! time, writes each to the worker and reads the reply, and starts a replacement whenever its
+//! worker dies, misbehaves, or is stopped because its task was cancelled or timed out. The
+//! queue is an MPMC channel, so an idle slot takes the next job the moment it is spawned.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
 use async_io::Timer;
 use async_process::{Child, ChildStdin, ChildStdout};
+use event_listener::Event;
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, AsyncWriteExt, StreamExt};
 use futures_util::stream::FuturesUnordered;
 
 use crate::entry::build_id;
 use crate::error::{Error, TaskError};
-use crate::task::Completion;
+use crate::kill::{self, Pidfd};
+use crate::state::{finished, report_end, report_start, Completion, EndNotices};
 use crate::wire::{self, CodecFailure, FromWorker, ToWorker};
 
 /// How long a new worker may take to answer the handshake before it is killed.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long a worker that closed its output may take to exit before it is killed.
+/// How long a worker that closed its output, or was asked to shut down, may take to exit
+/// before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Longest pause between attempts to start a worker after failures.
@@ -36,6 +45,16 @@ const MAX_RESPAWN_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The name of the thread that drives a pool.
 pub(crate) const THREAD_NAME: &str = "offload-driver";
+
+thread_local! {
+    /// Whether this thread is a pool's driver thread.
+    static ON_DRIVER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread is a pool's driver thread (where callbacks run).
+pub(crate) fn on_driver_thread() -> bool {
+    ON_DRIVER.with(|flag| flag.get())
+}
 
 /// Size of the buffer in front of each worker's output pipe.
 const READ_BUFFER: usize = 64 * 1024;
@@ -46,6 +65,60 @@ pub(crate) struct Job {
     /// The complete `Run` frame, arguments included.
     pub(crate) frame: Vec<u8>,
     pub(crate) task: Arc<dyn Completion>,
+}
+
+/// What a pool's handles and its driver share.
+pub(crate) struct PoolState {
+    /// Every task spawned and not yet reported ended, by id.
+    live: Mutex<HashMap<u64, Arc<dyn Completion>>>,
+    /// Ends that happened away from the driver, for it to report.
+    notices: EndNotices,
+    /// Set, and `stopped_event` notified, once every worker is reaped and the driver is gone.
+    stopped: AtomicBool,
+    stopped_event: Event,
+}
+
+impl PoolState {
+    pub(crate) fn notices(&self) -> &EndNotices {
+        &self.notices
+    }
+
+    pub(crate) fn register(&self, task: Arc<dyn Completion>) {
+        self.live_tasks().insert(task.id(), task);
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        self.live_tasks().remove(&id);
+    }
+
+    /// The tasks spawned and not yet reported ended.
+    pub(crate) fn live(&self) -> Vec<Arc<dyn Completion>> {
+        self.live_tasks().values().cloned().collect()
+    }
+
+    fn live_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<dyn Completion>>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until the driver has stopped and every worker is reaped.
+    pub(crate) async fn stopped(&self) {
+        loop {
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            let listener = self.stopped_event.listen();
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Reports the end of `task`: it leaves the live set and its callbacks run.
+    fn ended(&self, task: &dyn Completion) {
+        self.unregister(task.id());
+        report_end(task);
+    }
 }
 
 /// The executable a worker is started from: `/proc/self/exe` where it exists, which still
@@ -62,31 +135,43 @@ pub(crate) fn worker_program() -> &'static Path {
     })
 }
 
-/// Starts the driver thread and its `workers` processes; returns the queue's sending side.
+/// Starts the driver thread and its `workers` processes; returns the queue's sending side and
+/// the state shared with the driver.
 ///
 /// Workers are spawned by the driver thread itself, because `PR_SET_PDEATHSIG` fires when the
 /// *thread* that forked a child exits: spawning from a caller's short-lived thread would kill
 /// the workers with it.
-pub(crate) fn start(workers: usize) -> Result<Sender<Job>, Error> {
+pub(crate) fn start(workers: usize) -> Result<(Sender<Job>, Arc<PoolState>), Error> {
     let (jobs, queue) = async_channel::unbounded();
+    let (notices, notice_queue) = async_channel::unbounded();
+    let state = Arc::new(PoolState {
+        live: Mutex::new(HashMap::new()),
+        notices,
+        stopped: AtomicBool::new(false),
+        stopped_event: Event::new(),
+    });
     let (ready, started) = mpsc::sync_channel(1);
+    let driver_state = state.clone();
     thread::Builder::new()
         .name(THREAD_NAME.into())
         .spawn(move || {
+            ON_DRIVER.with(|flag| flag.set(true));
             let spawned: io::Result<Vec<Process>> =
                 (0..workers).map(|_| Process::spawn()).collect();
             match spawned {
                 Ok(processes) => {
                     let _ = ready.send(Ok(()));
-                    async_io::block_on(run(processes, queue));
+                    async_io::block_on(run(processes, queue, notice_queue, &driver_state));
                 }
                 // The processes spawned so far are killed and reaped by `kill_on_drop`.
                 Err(err) => drop(ready.send(Err(err))),
             }
+            driver_state.stopped.store(true, Ordering::Release);
+            driver_state.stopped_event.notify(usize::MAX);
         })
         .map_err(Error::Spawn)?;
     match started.recv() {
-        Ok(Ok(())) => Ok(jobs),
+        Ok(Ok(())) => Ok((jobs, state)),
         Ok(Err(err)) => Err(Error::Spawn(err)),
         Err(_) => Err(Error::Spawn(io::Error::other(
             "the driver thread ended early",
@@ -94,17 +179,92 @@ pub(crate) fn start(workers: usize) -> Result<Sender<Job>, Error> {
     }
 }
 
-/// The driver's whole life: all slots, until the queue is closed and drained.
-async fn run(processes: Vec<Process>, queue: Receiver<Job>) {
-    let mut slots: FuturesUnordered<_> = processes
+/// What the slots of one driver share.
+struct Driver {
+    state: Arc<PoolState>,
+    /// Workers to stop in the background, so that their slots can start replacements at once.
+    stopping: Sender<Stopping>,
+}
+
+/// A worker on its way out, and the task it was running.
+struct Stopping {
+    worker: Worker,
+    task: Arc<dyn Completion>,
+}
+
+type LocalFuture = Pin<Box<dyn Future<Output = Finished>>>;
+
+/// What ended among the driver's futures.
+enum Finished {
+    Slot,
+    Stopped,
+}
+
+/// The driver's whole life: all slots and all stopping workers, until the queue is closed and
+/// drained and every worker is reaped.
+async fn run(
+    processes: Vec<Process>,
+    queue: Receiver<Job>,
+    notice_queue: Receiver<Arc<dyn Completion>>,
+    state: &Arc<PoolState>,
+) {
+    let (stopping, stopping_queue) = async_channel::unbounded::<Stopping>();
+    let driver = Rc::new(Driver {
+        state: state.clone(),
+        stopping,
+    });
+    let mut slots = processes.len();
+    let mut work: FuturesUnordered<LocalFuture> = processes
         .into_iter()
-        .map(|process| slot(process, queue.clone()))
+        .map(|process| Box::pin(slot(driver.clone(), process, queue.clone())) as LocalFuture)
         .collect();
-    while slots.next().await.is_some() {}
+
+    enum Event {
+        Finished(Option<Finished>),
+        Stop(Stopping),
+        Notice(Arc<dyn Completion>),
+    }
+    while slots > 0 || !work.is_empty() {
+        let event = future::or(
+            async { Event::Finished(work.next().await) },
+            future::or(
+                async {
+                    match stopping_queue.recv().await {
+                        Ok(stop) => Event::Stop(stop),
+                        Err(_) => future::pending().await,
+                    }
+                },
+                async {
+                    match notice_queue.recv().await {
+                        Ok(task) => Event::Notice(task),
+                        Err(_) => future::pending().await,
+                    }
+                },
+            ),
+        )
+        .await;
+        match event {
+            Event::Finished(Some(Finished::Slot)) => slots -= 1,
+            Event::Finished(Some(Finished::Stopped)) | Event::Finished(None) => {}
+            Event::Stop(Stopping { worker, task }) => {
+                let state = state.clone();
+                work.push(Box::pin(async move {
+                    worker.stop(task.options().cancel_timeout).await;
+                    task.settle();
+                    state.ended(&*task);
+                    Finished::Stopped
+                }));
+            }
+            Event::Notice(task) => state.ended(&*task),
+        }
+    }
+    while let Ok(task) = notice_queue.try_recv() {
+        state.ended(&*task);
+    }
 }
 
 /// One worker place in the pool: serves jobs with successive worker processes.
-async fn slot(first: Process, queue: Receiver<Job>) {
+async fn slot(driver: Rc<Driver>, first: Process, queue: Receiver<Job>) -> Finished {
     let mut next = Ok(first);
     let mut failures: u32 = 0;
     loop {
@@ -115,8 +275,8 @@ async fn slot(first: Process, queue: Receiver<Job>) {
         match started {
             Ok(worker) => {
                 failures = 0;
-                if let End::QueueClosed = serve(worker, &queue).await {
-                    return;
+                if let End::QueueClosed = serve(&driver, worker, &queue).await {
+                    return Finished::Slot;
                 }
             }
             Err(err) => {
@@ -125,8 +285,11 @@ async fn slot(first: Process, queue: Receiver<Job>) {
                 // rather than leave them queued forever; one retry absorbs a transient error.
                 if failures > 1 {
                     match queue.recv().await {
-                        Ok(job) => job.task.fail(TaskError::Spawn(Arc::new(err))),
-                        Err(_) => return,
+                        Ok(job) => {
+                            job.task.fail(TaskError::Spawn(Arc::new(err)));
+                            driver.state.ended(&*job.task);
+                        }
+                        Err(_) => return Finished::Slot,
                     }
                 }
                 let backoff = Duration::from_millis(10 << failures.min(7));
@@ -141,7 +304,7 @@ async fn slot(first: Process, queue: Receiver<Job>) {
 enum End {
     /// The queue is closed and empty; the worker was shut down.
     QueueClosed,
-    /// The worker died or was killed; a replacement is needed.
+    /// The worker is gone or being stopped; a replacement is needed.
     Replace,
 }
 
@@ -153,8 +316,16 @@ enum Idle {
     Worker(io::Result<usize>),
 }
 
+/// What ended the wait for a running task.
+enum Step {
+    Reply(Result<Reply, Lost>),
+    /// The task ended from outside: it was cancelled.
+    Ended,
+    TimedOut(Duration),
+}
+
 /// Serves jobs from `queue` with `worker` until the queue closes or the worker is lost.
-async fn serve(mut worker: Worker, queue: &Receiver<Job>) -> End {
+async fn serve(driver: &Driver, mut worker: Worker, queue: &Receiver<Job>) -> End {
     loop {
         let idle = future::or(
             async {
@@ -177,38 +348,85 @@ async fn serve(mut worker: Worker, queue: &Receiver<Job>) -> End {
                 return End::Replace;
             }
             Idle::Worker(Ok(_)) => {
-                worker.kill().await;
+                worker.stop(Duration::ZERO).await;
                 return End::Replace;
             }
         };
-        if !job.task.start(worker.pid) {
+        let task = job.task;
+        if !task.start(worker.pid) {
             continue; // ended while queued
         }
-        if worker.input.write_all(&job.frame).await.is_err() {
-            job.task.fail(worker.bury().await);
-            return End::Replace;
-        }
+        report_start(&*task);
+        let timeout = task.options().timeout;
+        let step = {
+            let exchange = async {
+                if worker.input.write_all(&job.frame).await.is_err() {
+                    return Err(Lost::Died);
+                }
+                worker.reply(job.id).await
+            };
+            future::or(
+                async { Step::Reply(exchange.await) },
+                future::or(
+                    async {
+                        finished(&*task).await;
+                        Step::Ended
+                    },
+                    async {
+                        match timeout {
+                            Some(after) => {
+                                Timer::after(after).await;
+                                Step::TimedOut(after)
+                            }
+                            None => future::pending().await,
+                        }
+                    },
+                ),
+            )
+            .await
+        };
         drop(job.frame);
-        match worker.reply(job.id).await {
-            Ok(Reply::Done(payload)) => job.task.succeed(payload),
-            Ok(Reply::Failed(error)) => job.task.fail(error),
-            Err(Lost::Died) => {
-                job.task.fail(worker.bury().await);
+        match step {
+            Step::Reply(Ok(Reply::Done { payload_start })) => {
+                task.succeed(&worker.buf[payload_start..]);
+            }
+            Step::Reply(Ok(Reply::Failed(error))) => {
+                task.fail(error);
+            }
+            Step::Reply(Err(Lost::Died)) => {
+                let error = worker.bury().await;
+                task.fail(error);
+                task.settle();
+                driver.state.ended(&*task);
                 return End::Replace;
             }
-            Err(Lost::Broken(msg)) => {
-                worker.kill().await;
-                job.task.fail(TaskError::Protocol(msg));
+            Step::Reply(Err(Lost::Broken(msg))) => {
+                worker.stop(Duration::ZERO).await;
+                task.fail(TaskError::Protocol(msg));
+                task.settle();
+                driver.state.ended(&*task);
+                return End::Replace;
+            }
+            Step::Ended | Step::TimedOut(_) => {
+                if let Step::TimedOut(after) = step {
+                    task.fail(TaskError::TimedOut { after });
+                }
+                // Stopped in the background, so that the replacement starts at once.
+                let _ = driver.stopping.try_send(Stopping { worker, task });
                 return End::Replace;
             }
         }
+        task.settle();
+        driver.state.ended(&*task);
     }
 }
 
 /// A worker's answer to a job.
-enum Reply<'a> {
-    /// The encoded result.
-    Done(&'a [u8]),
+enum Reply {
+    /// The encoded result is in the worker's buffer from `payload_start` on.
+    Done {
+        payload_start: usize,
+    },
     Failed(TaskError),
 }
 
@@ -223,6 +441,7 @@ enum Lost {
 /// A spawned worker process that has not answered the handshake yet.
 struct Process {
     child: Child,
+    pidfd: Pidfd,
     input: ChildStdin,
     output: ChildStdout,
 }
@@ -240,11 +459,13 @@ impl Process {
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         let mut child = command.spawn()?;
+        let pidfd = Pidfd::open(&child);
         let missing = || io::Error::other("worker pipes were not created");
         let input = child.stdin.take().ok_or_else(missing)?;
         let output = child.stdout.take().ok_or_else(missing)?;
         Ok(Process {
             child,
+            pidfd,
             input,
             output,
         })
@@ -255,6 +476,7 @@ impl Process {
         let mut worker = Worker {
             pid: self.child.id(),
             child: self.child,
+            pidfd: self.pidfd,
             input: self.input,
             output: BufReader::with_capacity(READ_BUFFER, self.output),
             buf: Vec::new(),
@@ -275,7 +497,7 @@ impl Process {
                 ),
             ),
         };
-        worker.kill().await;
+        worker.stop(Duration::ZERO).await;
         Err(err)
     }
 }
@@ -287,6 +509,7 @@ const INIT_HINT: &str = "does `main` call offload::init() first?";
 struct Worker {
     pid: u32,
     child: Child,
+    pidfd: Pidfd,
     input: ChildStdin,
     output: BufReader<ChildStdout>,
     /// The body of the last frame read.
@@ -326,7 +549,7 @@ impl Worker {
     }
 
     /// Reads the worker's answer to job `id`.
-    async fn reply(&mut self, id: u64) -> Result<Reply<'_>, Lost> {
+    async fn reply(&mut self, id: u64) -> Result<Reply, Lost> {
         match wire::read_frame_async(&mut self.output, &mut self.buf).await {
             Ok(true) => {}
             Ok(false) => return Err(Lost::Died),
@@ -339,7 +562,9 @@ impl Worker {
         let (header, payload) = wire::split::<FromWorker>(&self.buf)
             .map_err(|e| Lost::Broken(format!("undecodable message: {e}")))?;
         match header {
-            FromWorker::Done { id: got } if got == id => Ok(Reply::Done(payload)),
+            FromWorker::Done { id: got } if got == id => Ok(Reply::Done {
+                payload_start: self.buf.len() - payload.len(),
+            }),
             FromWorker::Panicked {
                 id: got,
                 message,
@@ -373,8 +598,7 @@ impl Worker {
                 signal: None,
             },
             None => {
-                let _ = self.child.kill();
-                let _ = self.child.status().await;
+                kill::stop(&mut self.child, &self.pidfd, Duration::ZERO).await;
                 TaskError::Protocol(format!(
                     "worker {pid} closed its output but kept running; it was killed"
                 ))
@@ -382,11 +606,10 @@ impl Worker {
         }
     }
 
-    /// Kills the worker and reaps it.
-    async fn kill(mut self) {
-        // `Child::kill` never signals a process that was already reaped.
-        let _ = self.child.kill();
-        let _ = self.child.status().await;
+    /// Stops the worker (`SIGTERM`, `grace`, `SIGKILL`) and reaps it.
+    async fn stop(mut self, grace: Duration) {
+        drop(self.input);
+        kill::stop(&mut self.child, &self.pidfd, grace).await;
     }
 
     /// Asks an idle worker to exit and reaps it; kills it if it does not exit in time.
@@ -402,8 +625,7 @@ impl Worker {
         })
         .await;
         if !exited {
-            let _ = self.child.kill();
-            let _ = self.child.status().await;
+            kill::stop(&mut self.child, &self.pidfd, Duration::ZERO).await;
         }
     }
 }

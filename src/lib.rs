@@ -56,7 +56,9 @@ mod default;
 mod driver;
 mod entry;
 mod error;
+mod kill;
 mod pool;
+mod state;
 mod task;
 mod wire;
 mod worker;
@@ -65,7 +67,7 @@ pub use crate::default::{default_pool, set_default_pool, to_process};
 pub use crate::entry::TaskFn;
 pub use crate::error::{Error, TaskError};
 pub use crate::pool::{PoolBuilder, ProcessPool};
-pub use crate::task::{ProcessTask, TaskInfo, TaskStatus};
+pub use crate::task::{ProcessTask, TaskBuilder, TaskInfo, TaskStatus};
 pub use crate::wire::MAX_FRAME_LEN;
 
 /// Turns this process into a worker if it was started as one; otherwise returns at once.

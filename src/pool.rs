@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use async_channel::Sender;
 
-use crate::driver::{self, Job};
+use crate::driver::{self, Job, PoolState};
 use crate::entry::{entry_of, func_name, TaskFn};
 use crate::error::{Error, TaskError};
-use crate::task::{ProcessTask, Shared};
+use crate::state::{report_end, Completion, Shared, TaskOptions};
+use crate::task::{notify_end, ProcessTask, TaskBuilder};
 use crate::wire::{self, ToWorker};
 
 /// A pool of worker processes that run functions for async (or synchronous) code.
@@ -17,6 +18,8 @@ use crate::wire::{self, ToWorker};
 /// `ProcessPool` is a cheap handle: clone it freely and share it between threads. The pool
 /// lives while any handle does; when the last one is dropped, queued and running tasks still
 /// finish, then the workers exit and are reaped in the background (dropping never blocks).
+/// [`shutdown`](ProcessPool::shutdown) and [`shutdown_now`](ProcessPool::shutdown_now) stop
+/// it explicitly and wait until every worker is reaped.
 ///
 /// Each pool has one thread, named `offload-driver`, that owns its worker processes and their
 /// pipes. A task starts as soon as it is spawned, whether or not its [`ProcessTask`] is polled.
@@ -45,6 +48,7 @@ pub struct ProcessPool {
 
 struct Inner {
     jobs: Sender<Job>,
+    state: Arc<PoolState>,
     workers: usize,
 }
 
@@ -118,41 +122,131 @@ impl ProcessPool {
         F: TaskFn<M>,
     {
         let _ = f; // a task function carries no data; its type says everything
-        submit::<F, M>(Ok(&self.inner.jobs), &args)
+        submit::<F, M>(Ok(self), &args, TaskOptions::default())
     }
 
-    pub(crate) fn jobs(&self) -> &Sender<Job> {
-        &self.inner.jobs
+    /// A [`TaskBuilder`] for `f`: set per-task options (timeout, cancel timeout, callbacks),
+    /// then spawn.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// use std::time::Duration;
+    ///
+    /// fn spin() -> u64 { loop { std::hint::spin_loop() } }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(1)?;
+    /// let err = pool.task(spin).timeout(Duration::from_millis(100)).spawn(()).await.unwrap_err();
+    /// assert!(err.is_timed_out());
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn task<F, M>(&self, f: F) -> TaskBuilder<F, M>
+    where
+        F: TaskFn<M>,
+    {
+        let _ = f;
+        TaskBuilder::new(self.clone())
+    }
+
+    /// Stops taking tasks, lets the queued and running ones finish, then stops the workers;
+    /// returns once every worker has exited and was reaped.
+    ///
+    /// Tasks spawned afterwards, through any handle of this pool, fail with
+    /// [`TaskError::PoolClosed`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn fib(n: u64) -> u64 { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(2)?;
+    /// let task = pool.spawn(fib, 30);
+    /// pool.shutdown().await;
+    /// assert_eq!(task.await?, 832040); // finished before the workers stopped
+    /// assert!(pool.spawn(fib, 1).await.unwrap_err().is_pool_closed());
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub async fn shutdown(&self) {
+        self.inner.jobs.close();
+        self.inner.state.stopped().await;
+    }
+
+    /// Stops taking tasks, cancels every queued and running task (their workers are stopped
+    /// as by [`ProcessTask::cancel`]), and returns once every worker has exited and was reaped.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn spin() -> u64 { loop { std::hint::spin_loop() } }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(2)?;
+    /// let task = pool.spawn(spin, ());
+    /// pool.shutdown_now().await;
+    /// assert!(task.await.unwrap_err().is_cancelled());
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub async fn shutdown_now(&self) {
+        self.inner.jobs.close();
+        for task in self.inner.state.live() {
+            if task.cancel() {
+                notify_end(&task, self.inner.state.notices());
+            }
+        }
+        self.inner.state.stopped().await;
+    }
+
+    /// Whether the pool has stopped taking tasks.
+    pub fn is_closed(&self) -> bool {
+        self.inner.jobs.is_closed()
     }
 }
 
-/// Queues `F(args)` on `jobs`, or returns the task already failed if that is impossible.
+/// Queues `F(args)` on `pool`, or returns the task already failed if that is impossible.
 pub(crate) fn submit<F: TaskFn<M>, M>(
-    jobs: Result<&Sender<Job>, TaskError>,
+    pool: Result<&ProcessPool, TaskError>,
     args: &F::Args,
+    options: TaskOptions,
 ) -> ProcessTask<F::Output> {
     let id = next_task_id();
-    let shared = Arc::new(Shared::<F::Output>::new(id, func_name::<F>()));
-    let task = ProcessTask::new(shared.clone());
-    let jobs = match jobs {
-        Ok(jobs) => jobs,
+    let shared = Arc::new(Shared::<F::Output>::new(id, func_name::<F>(), options));
+    let completion: Arc<dyn Completion> = shared.clone();
+    let pool = match pool {
+        Ok(pool) => pool,
         Err(err) => {
             shared.finish(Err(err));
+            report_end(&*completion);
+            return ProcessTask::new(shared, None);
+        }
+    };
+    let Inner { jobs, state, .. } = &*pool.inner;
+    let task = ProcessTask::new(
+        shared.clone(),
+        Some((completion.clone(), state.notices().clone())),
+    );
+    let frame = match run_frame::<F, M>(id, args) {
+        Ok(frame) => frame,
+        Err(msg) => {
+            shared.finish(Err(TaskError::Encode(format!("arguments: {msg}"))));
+            notify_end(&completion, state.notices());
             return task;
         }
     };
-    match run_frame::<F, M>(id, args) {
-        Ok(frame) => {
-            let job = Job {
-                id,
-                frame,
-                task: shared.clone(),
-            };
-            if jobs.try_send(job).is_err() {
-                shared.finish(Err(TaskError::PoolClosed));
-            }
-        }
-        Err(msg) => shared.finish(Err(TaskError::Encode(format!("arguments: {msg}")))),
+    state.register(completion.clone());
+    let job = Job {
+        id,
+        frame,
+        task: completion.clone(),
+    };
+    if jobs.try_send(job).is_err() {
+        state.unregister(id);
+        shared.finish(Err(TaskError::PoolClosed));
+        report_end(&*completion);
     }
     task
 }
@@ -224,9 +318,13 @@ impl PoolBuilder {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let jobs = driver::start(workers)?;
+        let (jobs, state) = driver::start(workers)?;
         Ok(ProcessPool {
-            inner: Arc::new(Inner { jobs, workers }),
+            inner: Arc::new(Inner {
+                jobs,
+                state,
+                workers,
+            }),
         })
     }
 }

@@ -2,14 +2,16 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
-
+use crate::entry::TaskFn;
 use crate::error::TaskError;
+use crate::pool::{submit, ProcessPool};
+use crate::state::{report_end, Completion, EndNotices, Shared, TaskOptions};
 
 /// Where a task is in its life.
 ///
@@ -108,15 +110,47 @@ pub struct TaskInfo {
 
 /// The part of a task's metadata that changes over its life.
 #[derive(Clone)]
-struct Meta {
-    status: TaskStatus,
-    pid: Option<u32>,
-    started_at: Option<Instant>,
-    ended_at: Option<Instant>,
-    error: Option<TaskError>,
+pub(crate) struct Meta {
+    pub(crate) status: TaskStatus,
+    pub(crate) pid: Option<u32>,
+    pub(crate) started_at: Option<Instant>,
+    pub(crate) ended_at: Option<Instant>,
+    pub(crate) error: Option<TaskError>,
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Meta {
+            status: TaskStatus::Pending,
+            pid: None,
+            started_at: None,
+            ended_at: None,
+            error: None,
+        }
+    }
+}
+
+impl Meta {
+    fn duration(&self) -> Option<Duration> {
+        Some(self.ended_at? - self.started_at?)
+    }
+
+    fn queued(&self, submitted_at: Instant) -> Option<Duration> {
+        let left_queue = self.started_at.or(self.ended_at)?;
+        Some(left_queue - submitted_at)
+    }
 }
 
 impl TaskInfo {
+    pub(crate) fn new(id: u64, func_name: &'static str, submitted_at: Instant, meta: Meta) -> Self {
+        TaskInfo {
+            id,
+            func_name,
+            submitted_at,
+            meta,
+        }
+    }
+
     /// The task's id, unique within this process.
     pub fn id(&self) -> u64 {
         self.id
@@ -154,14 +188,13 @@ impl TaskInfo {
 
     /// Run time: from `started_at` to `ended_at`, once both are known.
     pub fn duration(&self) -> Option<Duration> {
-        Some(self.meta.ended_at? - self.meta.started_at?)
+        self.meta.duration()
     }
 
     /// Wait time in the queue: from `submitted_at` until the task was sent to a worker (or
     /// ended without ever being sent). `None` while still queued.
     pub fn queued(&self) -> Option<Duration> {
-        let left_queue = self.meta.started_at.or(self.meta.ended_at)?;
-        Some(left_queue - self.submitted_at)
+        self.meta.queued(self.submitted_at)
     }
 
     /// Why the task failed, once it has.
@@ -193,120 +226,6 @@ impl fmt::Debug for TaskInfo {
     }
 }
 
-/// What the driver needs from a task, without knowing its result type.
-pub(crate) trait Completion: Send + Sync {
-    /// Marks the task as sent to worker `pid`. Returns `false` if it already ended (it was
-    /// cancelled while queued), in which case it must not be sent.
-    fn start(&self, pid: u32) -> bool;
-    /// Ends the task with the encoded result `payload`.
-    fn succeed(&self, payload: &[u8]);
-    /// Ends the task with `error`.
-    fn fail(&self, error: TaskError);
-}
-
-/// The state a [`ProcessTask`] shares with the driver.
-pub(crate) struct Shared<T> {
-    id: u64,
-    func_name: &'static str,
-    submitted_at: Instant,
-    state: Mutex<State<T>>,
-}
-
-struct State<T> {
-    meta: Meta,
-    /// The outcome, until the handle takes it.
-    outcome: Option<Result<T, TaskError>>,
-    /// Whether the handle already took the outcome.
-    taken: bool,
-    waker: Option<Waker>,
-}
-
-impl<T> Shared<T> {
-    pub(crate) fn new(id: u64, func_name: &'static str) -> Self {
-        Shared {
-            id,
-            func_name,
-            submitted_at: Instant::now(),
-            state: Mutex::new(State {
-                meta: Meta {
-                    status: TaskStatus::Pending,
-                    pid: None,
-                    started_at: None,
-                    ended_at: None,
-                    error: None,
-                },
-                outcome: None,
-                taken: false,
-                waker: None,
-            }),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
-        // Nothing panics while the lock is held, but a poisoned lock must not spread panics.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn info(&self) -> TaskInfo {
-        TaskInfo {
-            id: self.id,
-            func_name: self.func_name,
-            submitted_at: self.submitted_at,
-            meta: self.lock().meta.clone(),
-        }
-    }
-
-    /// Ends the task once; later calls are ignored.
-    pub(crate) fn finish(&self, outcome: Result<T, TaskError>) {
-        let waker = {
-            let mut state = self.lock();
-            if state.meta.status.is_finished() {
-                return;
-            }
-            let meta = &mut state.meta;
-            meta.ended_at = Some(Instant::now());
-            match &outcome {
-                Ok(_) => meta.status = TaskStatus::Done,
-                Err(error) => {
-                    meta.status = match error {
-                        TaskError::Cancelled => TaskStatus::Cancelled,
-                        _ => TaskStatus::Failed,
-                    };
-                    meta.error = Some(error.clone());
-                }
-            }
-            state.outcome = Some(outcome);
-            state.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-}
-
-impl<T: DeserializeOwned + Send> Completion for Shared<T> {
-    fn start(&self, pid: u32) -> bool {
-        let mut state = self.lock();
-        if state.meta.status != TaskStatus::Pending {
-            return false;
-        }
-        state.meta.status = TaskStatus::Running;
-        state.meta.pid = Some(pid);
-        state.meta.started_at = Some(Instant::now());
-        true
-    }
-
-    fn succeed(&self, payload: &[u8]) {
-        let outcome = rmp_serde::from_slice(payload)
-            .map_err(|e| TaskError::Decode(format!("result of `{}`: {e}", self.func_name)));
-        self.finish(outcome);
-    }
-
-    fn fail(&self, error: TaskError) {
-        self.finish(Err(error));
-    }
-}
-
 /// A task running (or queued to run) in a worker process: a future of its result that also
 /// tells everything about the work.
 ///
@@ -318,10 +237,19 @@ impl<T: DeserializeOwned + Send> Completion for Shared<T> {
 /// runtime. Its `Debug` output reads
 /// `<ProcessTask func='fib' status='done' pid=84312 duration=0.0231s>`.
 ///
-/// # Dropping
+/// # Dropping and cancellation
 ///
-/// Dropping the handle does not stop the work: the task runs to the end in its worker and its
-/// result is discarded.
+/// **Dropping a `ProcessTask` cancels the task**, as [`cancel`](ProcessTask::cancel) does:
+///
+/// - a queued task is taken out of the queue: its function never runs;
+/// - a running task's worker process receives `SIGTERM`, then `SIGKILL` if it is still alive
+///   after the task's cancel timeout (5 s unless set with
+///   [`TaskBuilder::cancel_timeout`]); it is reaped, and the pool starts a replacement at once.
+///   No other task is disturbed;
+/// - a finished task is left alone, and so is the worker that ran it.
+///
+/// To let a task run to the end without keeping its handle, call
+/// [`detach`](ProcessTask::detach): the result is then discarded.
 ///
 /// # Panics
 ///
@@ -339,71 +267,172 @@ impl<T: DeserializeOwned + Send> Completion for Shared<T> {
 /// # futures_lite::future::block_on(async {
 /// let pool = offload::ProcessPool::new(2)?;
 /// let mut task = pool.spawn(fib, 30);
-/// assert!(task.pid().is_some()); // sent to an idle worker at once
 /// let v = (&mut task).await?;
 /// assert_eq!(v, 832040);
 /// println!("{task:?}"); // <ProcessTask func='fib' status='done' pid=84312 duration=0.0231s>
 /// # Ok::<(), offload::Error>(()) }).unwrap();
 /// ```
-#[must_use = "a ProcessTask does nothing useful unless awaited or waited on"]
+#[must_use = "dropping a ProcessTask cancels it; use `.detach()` to let it run"]
 pub struct ProcessTask<T> {
     shared: Arc<Shared<T>>,
+    /// The same task as the driver sees it, and where to report an end the handle causes.
+    /// `None` for a task that never reached a pool.
+    driver: Option<(Arc<dyn Completion>, EndNotices)>,
+    detached: bool,
 }
 
 impl<T> ProcessTask<T> {
-    pub(crate) fn new(shared: Arc<Shared<T>>) -> Self {
-        ProcessTask { shared }
+    pub(crate) fn new(
+        shared: Arc<Shared<T>>,
+        driver: Option<(Arc<dyn Completion>, EndNotices)>,
+    ) -> Self {
+        ProcessTask {
+            shared,
+            driver,
+            detached: false,
+        }
     }
 
     /// The task's id, unique within this process.
     pub fn id(&self) -> u64 {
-        self.shared.id
+        self.shared.id()
     }
 
     /// The function's name, from its type: `fib`, or `main::{{closure}}` for a closure.
     pub fn func_name(&self) -> &'static str {
-        self.shared.func_name
+        self.shared.func_name()
     }
 
     /// The current status.
     pub fn status(&self) -> TaskStatus {
-        self.shared.lock().meta.status
+        self.shared.with_meta(|meta| meta.status)
     }
 
     /// The pid of the worker process running the task: `Some` from the moment it is sent to a
     /// worker, `None` while queued (and for a task that ended without ever running).
     pub fn pid(&self) -> Option<u32> {
-        self.shared.lock().meta.pid
+        self.shared.with_meta(|meta| meta.pid)
     }
 
     /// When the task was spawned.
     pub fn submitted_at(&self) -> Instant {
-        self.shared.submitted_at
+        self.shared.submitted_at()
     }
 
     /// When the task was sent to a worker.
     pub fn started_at(&self) -> Option<Instant> {
-        self.shared.lock().meta.started_at
+        self.shared.with_meta(|meta| meta.started_at)
     }
 
     /// When the task ended.
     pub fn ended_at(&self) -> Option<Instant> {
-        self.shared.lock().meta.ended_at
+        self.shared.with_meta(|meta| meta.ended_at)
     }
 
     /// Run time, without time spent queued: `ended_at - started_at`, once the task has ended.
     pub fn duration(&self) -> Option<Duration> {
-        self.info().duration()
+        self.shared.with_meta(Meta::duration)
     }
 
     /// Time spent queued before a worker took the task; `None` while still queued.
     pub fn queued(&self) -> Option<Duration> {
-        self.info().queued()
+        let submitted_at = self.shared.submitted_at();
+        self.shared.with_meta(|meta| meta.queued(submitted_at))
     }
 
     /// A snapshot of all the metadata at once.
     pub fn info(&self) -> TaskInfo {
-        self.shared.info()
+        self.shared.snapshot()
+    }
+
+    /// Cancels the task; returns whether it did anything. Never blocks.
+    ///
+    /// - A queued task is taken out of the queue: its function never runs.
+    /// - A running task's worker receives `SIGTERM` through a pidfd, and `SIGKILL` after the
+    ///   task's cancel timeout if it is still alive; it is reaped and replaced. That happens
+    ///   on the pool's thread: this call only starts it (see
+    ///   [`cancel_and_wait`](ProcessTask::cancel_and_wait) to wait for it).
+    /// - A finished task is left alone: `cancel` returns `false` and never touches the worker
+    ///   that ran it.
+    ///
+    /// A cancelled task's status is `cancelled` at once, with its end time set, and awaiting
+    /// it gives [`TaskError::Cancelled`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn spin() -> u64 { loop { std::hint::spin_loop() } }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(1)?;
+    /// let mut task = pool.spawn(spin, ());
+    /// assert!(task.cancel());
+    /// assert_eq!(task.status(), "cancelled");
+    /// assert!((&mut task).await.unwrap_err().is_cancelled());
+    /// assert!(!task.cancel(), "already over");
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn cancel(&self) -> bool {
+        let Some((task, notices)) = &self.driver else {
+            return false;
+        };
+        if !task.cancel() {
+            return false;
+        }
+        notify_end(task, notices);
+        true
+    }
+
+    /// Cancels the task and returns once no process works on it any more: for a running
+    /// task, once its worker has exited and was reaped (after at most the cancel timeout).
+    /// Returns whether it cancelled anything, like [`cancel`](ProcessTask::cancel).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future does not undo the cancellation; it only stops waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn spin() -> u64 { loop { std::hint::spin_loop() } }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(1)?;
+    /// let task = pool.spawn(spin, ());
+    /// assert!(task.cancel_and_wait().await);
+    /// // the worker that was spinning is gone; the CPU is free
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub async fn cancel_and_wait(&self) -> bool {
+        let acted = self.cancel();
+        loop {
+            if self.shared.is_settled() {
+                return acted;
+            }
+            let listener = self.shared.changed_event().listen();
+            if self.shared.is_settled() {
+                return acted;
+            }
+            listener.await;
+        }
+    }
+
+    /// Lets the task run to the end without its handle; the result is discarded.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn write_report(day: u32) { /* … */ }
+    ///
+    /// let pool = offload::ProcessPool::new(1)?;
+    /// pool.spawn(write_report, 7).detach(); // runs on; dropping it would cancel it
+    /// # Ok::<(), offload::Error>(())
+    /// ```
+    pub fn detach(mut self) {
+        self.detached = true;
     }
 
     /// Blocks the current thread until the task ends and returns its result.
@@ -415,6 +444,11 @@ impl<T> ProcessTask<T> {
     ///
     /// The task's [`TaskError`], as when awaiting.
     ///
+    /// # Panics
+    ///
+    /// When called from a task callback, which runs on the pool's own thread and would wait
+    /// for itself.
+    ///
     /// # Examples
     ///
     /// ```no_run
@@ -425,8 +459,28 @@ impl<T> ProcessTask<T> {
     /// assert_eq!(pool.spawn(square, 12).wait()?, 144);
     /// # Ok::<(), offload::Error>(())
     /// ```
-    pub fn wait(self) -> Result<T, TaskError> {
-        futures_lite::future::block_on(self)
+    pub fn wait(mut self) -> Result<T, TaskError> {
+        assert!(
+            !crate::driver::on_driver_thread(),
+            "ProcessTask::wait called on the pool's own thread (from a task callback)"
+        );
+        futures_lite::future::block_on(&mut self)
+    }
+}
+
+/// Tells the driver that `task` ended away from its thread, so that it runs the callbacks;
+/// runs them here when there is no driver any more.
+pub(crate) fn notify_end(task: &Arc<dyn Completion>, notices: &EndNotices) {
+    if notices.try_send(task.clone()).is_err() {
+        report_end(&**task);
+    }
+}
+
+impl<T> Drop for ProcessTask<T> {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.cancel();
+        }
     }
 }
 
@@ -434,17 +488,10 @@ impl<T> Future for ProcessTask<T> {
     type Output = Result<T, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.shared.lock();
-        if let Some(outcome) = state.outcome.take() {
-            state.taken = true;
-            return Poll::Ready(outcome);
+        match self.shared.poll_outcome(cx.waker()) {
+            Some(outcome) => Poll::Ready(outcome),
+            None => Poll::Pending,
         }
-        assert!(!state.taken, "ProcessTask polled after it returned Ready");
-        match &mut state.waker {
-            Some(waker) => waker.clone_from(cx.waker()),
-            None => state.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
     }
 }
 
@@ -454,13 +501,123 @@ impl<T> fmt::Debug for ProcessTask<T> {
     }
 }
 
+/// Per-task options: build one with [`ProcessPool::task`], set options, then
+/// [`spawn`](TaskBuilder::spawn) (as many tasks as wanted, all with the same options).
+///
+/// # Examples
+///
+/// ```no_run
+/// # offload::init();
+/// use std::time::Duration;
+/// use offload::TaskInfo;
+///
+/// fn fib(n: u64) -> u64 { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }
+///
+/// # futures_lite::future::block_on(async {
+/// let pool = offload::ProcessPool::new(2)?;
+/// let task = pool
+///     .task(fib)
+///     .timeout(Duration::from_secs(10))        // kill + TaskError::TimedOut
+///     .cancel_timeout(Duration::from_secs(2))  // SIGTERM → 2 s → SIGKILL
+///     .on_start(|i: &TaskInfo| println!("started in {:?}", i.pid()))
+///     .on_done(|i: &TaskInfo| println!("done in {:?}", i.duration()))
+///     .on_error(|i: &TaskInfo| eprintln!("failed: {:?}", i.error()))
+///     .spawn(30);
+/// assert_eq!(task.await?, 832040);
+/// # Ok::<(), offload::Error>(()) }).unwrap();
+/// ```
+pub struct TaskBuilder<F, M> {
+    pool: ProcessPool,
+    options: TaskOptions,
+    marker: PhantomData<fn(F) -> M>,
+}
+
+impl<F: TaskFn<M>, M> TaskBuilder<F, M> {
+    pub(crate) fn new(pool: ProcessPool) -> Self {
+        TaskBuilder {
+            pool,
+            options: TaskOptions::default(),
+            marker: PhantomData,
+        }
+    }
+
+    /// Limits the task's run time: once it has run for `timeout` (counted from the moment a
+    /// worker takes it, not from spawning), its worker is stopped as for a cancel and the task
+    /// fails with [`TaskError::TimedOut`] (status `failed`).
+    ///
+    /// Time spent queued does not count. To bound the total time instead, race the task
+    /// against your runtime's timer: dropping the task cancels it.
+    ///
+    /// The default value of this option is no timeout.
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// How long a worker stopped for this task (cancel, drop, timeout) gets between `SIGTERM`
+    /// and `SIGKILL`. A zero duration sends `SIGKILL` at once.
+    ///
+    /// The default value of this option is 5 seconds.
+    pub fn cancel_timeout(&mut self, grace: Duration) -> &mut Self {
+        self.options.cancel_timeout = grace;
+        self
+    }
+
+    /// Runs `callback` when the task is sent to a worker (status `running`, pid set).
+    ///
+    /// Callbacks run on the pool's thread, in the order `on_start` → `on_done` or
+    /// `on_error`, each at most once; they should be quick. A callback that panics is logged
+    /// (through the `log` crate) and changes nothing else.
+    ///
+    /// The default value of this option is no callback.
+    pub fn on_start(&mut self, callback: impl Fn(&TaskInfo) + Send + Sync + 'static) -> &mut Self {
+        self.options.on_start = Some(Arc::new(callback));
+        self
+    }
+
+    /// Runs `callback` when the task has returned its value (status `done`, end time and
+    /// duration set). See [`on_start`](TaskBuilder::on_start) for how callbacks run.
+    ///
+    /// The default value of this option is no callback.
+    pub fn on_done(&mut self, callback: impl Fn(&TaskInfo) + Send + Sync + 'static) -> &mut Self {
+        self.options.on_done = Some(Arc::new(callback));
+        self
+    }
+
+    /// Runs `callback` when the task failed, timed out or was cancelled (error set). See
+    /// [`on_start`](TaskBuilder::on_start) for how callbacks run; for a task that the pool
+    /// refused because it was shut down, `on_error` runs on the thread that spawned it.
+    ///
+    /// The default value of this option is no callback.
+    pub fn on_error(&mut self, callback: impl Fn(&TaskInfo) + Send + Sync + 'static) -> &mut Self {
+        self.options.on_error = Some(Arc::new(callback));
+        self
+    }
+
+    /// Spawns `f(args)` with these options; see [`ProcessPool::spawn`].
+    pub fn spawn(&self, args: F::Args) -> ProcessTask<F::Output> {
+        submit::<F, M>(Ok(&self.pool), &args, self.options.clone())
+    }
+}
+
+impl<F, M> fmt::Debug for TaskBuilder<F, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskBuilder")
+            .field("func", &crate::entry::func_name::<F>())
+            .field("timeout", &self.options.timeout)
+            .field("cancel_timeout", &self.options.cancel_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Completion;
 
     fn task() -> (Arc<Shared<u64>>, ProcessTask<u64>) {
-        let shared = Arc::new(Shared::new(1, "fib"));
-        (shared.clone(), ProcessTask::new(shared))
+        let shared = Arc::new(Shared::new(1, "fib", TaskOptions::default()));
+        (shared.clone(), ProcessTask::new(shared, None))
     }
 
     #[test]
@@ -490,12 +647,13 @@ mod tests {
     #[test]
     fn finish_happens_once_and_start_after_end_is_refused() {
         let (shared, task) = task();
-        shared.fail(TaskError::Cancelled);
+        assert!(shared.fail(TaskError::Cancelled));
         shared.succeed(&rmp_serde::to_vec(&5u64).unwrap());
         assert!(!shared.start(1));
         assert_eq!(task.status(), "cancelled");
         assert_eq!(task.pid(), None);
         assert!(task.queued().is_some() && task.duration().is_none());
+        assert!(shared.is_settled(), "it never reached a worker");
         assert!(task.wait().unwrap_err().is_cancelled());
     }
 
@@ -505,6 +663,7 @@ mod tests {
         assert!(shared.start(7));
         shared.succeed(b"\xc1");
         assert_eq!(task.status(), TaskStatus::Failed);
+        assert!(!shared.is_settled(), "its worker is the driver's to settle");
         assert!(matches!(task.wait(), Err(TaskError::Decode(_))));
     }
 }

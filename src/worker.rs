@@ -218,7 +218,7 @@ fn run(id: u64, entry: u64, args: &[u8], reply: &mut Vec<u8>) {
     *reply = wire::frame(&failure);
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

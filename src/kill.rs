@@ -1,0 +1,70 @@
+//! Stopping a worker: `SIGTERM`, a grace period, `SIGKILL`, reaping — through a pidfd.
+//!
+//! A pidfd names one process, not a number, so a signal sent through it can never reach
+//! another process that was later given the same pid. Where pidfds are missing (old kernels,
+//! other Unixes), `kill(2)` is used, and only while the child is unreaped in our hands, which
+//! keeps its pid from being recycled.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use async_io::Timer;
+use async_process::Child;
+use futures_lite::future;
+use rustix::process::{Pid, Signal};
+
+/// A handle for signalling one child process.
+pub(crate) struct Pidfd {
+    pid: u32,
+    fd: Option<OwnedFd>,
+}
+
+impl Pidfd {
+    /// Opens a pidfd for `child`, which must not have been reaped yet.
+    pub(crate) fn open(child: &Child) -> Pidfd {
+        let pid = child.id();
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let fd = Pid::from_raw(pid as i32).and_then(|pid| {
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+        });
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let fd = None;
+        Pidfd { pid, fd }
+    }
+
+    /// Sends `signal`. A process that already exited is not an error.
+    pub(crate) fn signal(&self, signal: Signal) -> io::Result<()> {
+        let sent = match &self.fd {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Some(fd) => rustix::process::pidfd_send_signal(fd, signal),
+            _ => match Pid::from_raw(self.pid as i32) {
+                Some(pid) => rustix::process::kill_process(pid, signal),
+                None => return Ok(()),
+            },
+        };
+        match sent {
+            Err(rustix::io::Errno::SRCH) => Ok(()),
+            other => other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Stops `child`: `SIGTERM`, then `SIGKILL` if it is still alive after `grace` (at once for a
+/// zero grace), and reaps it. Returns its exit status when it could be read.
+pub(crate) async fn stop(child: &mut Child, pidfd: &Pidfd, grace: Duration) -> Option<ExitStatus> {
+    if !grace.is_zero() && pidfd.signal(Signal::TERM).is_ok() {
+        let exited = future::or(async { Some(child.status().await) }, async {
+            Timer::after(grace).await;
+            None
+        })
+        .await;
+        if let Some(status) = exited {
+            return status.ok();
+        }
+    }
+    // The child is not reaped yet (its status was not returned), so this reaches it alone.
+    let _ = pidfd.signal(Signal::KILL);
+    child.status().await.ok()
+}

@@ -1,0 +1,312 @@
+//! The state a task shares between its handle and the driver, and the per-task options.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use async_channel::Sender;
+use event_listener::Event;
+use serde::de::DeserializeOwned;
+
+use crate::error::TaskError;
+use crate::task::{Meta, TaskInfo, TaskStatus};
+
+/// A task callback: runs on the pool's driver thread with a snapshot of the task.
+pub(crate) type Callback = Arc<dyn Fn(&TaskInfo) + Send + Sync>;
+
+/// The default grace between `SIGTERM` and `SIGKILL` when a running task is stopped.
+pub(crate) const DEFAULT_CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Per-task options, set with a [`TaskBuilder`](crate::TaskBuilder).
+#[derive(Clone)]
+pub(crate) struct TaskOptions {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) cancel_timeout: Duration,
+    pub(crate) on_start: Option<Callback>,
+    pub(crate) on_done: Option<Callback>,
+    pub(crate) on_error: Option<Callback>,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            timeout: None,
+            cancel_timeout: DEFAULT_CANCEL_TIMEOUT,
+            on_start: None,
+            on_done: None,
+            on_error: None,
+        }
+    }
+}
+
+/// Where tasks that end away from the driver thread (cancelled by their handle, refused at
+/// spawn) are reported, so that the driver runs their callbacks.
+pub(crate) type EndNotices = Sender<Arc<dyn Completion>>;
+
+/// What the driver needs from a task, without knowing its result type.
+pub(crate) trait Completion: Send + Sync {
+    fn id(&self) -> u64;
+    fn info(&self) -> TaskInfo;
+    fn options(&self) -> &TaskOptions;
+    /// Marks the task as sent to worker `pid`. Returns `false` if it already ended (it was
+    /// cancelled while queued), in which case it must not be sent.
+    fn start(&self, pid: u32) -> bool;
+    /// Ends the task with the encoded result `payload`.
+    fn succeed(&self, payload: &[u8]);
+    /// Ends the task with `error`; returns whether this call ended it.
+    fn fail(&self, error: TaskError) -> bool;
+    /// Cancels the task if it has not ended; returns whether it did.
+    fn cancel(&self) -> bool;
+    fn is_finished(&self) -> bool;
+    /// Records that no worker process is doing anything for the task any more.
+    fn settle(&self);
+    /// Notified when the task ends and when it settles.
+    fn changed(&self) -> &Event;
+    /// Returns `true` once: whether `on_start` is still to be reported.
+    fn take_start_report(&self) -> bool;
+    /// Returns `true` once: whether the end is still to be reported.
+    fn take_end_report(&self) -> bool;
+}
+
+/// Runs `on_start` for a task that just started.
+pub(crate) fn report_start(task: &dyn Completion) {
+    if task.take_start_report() {
+        if let Some(callback) = &task.options().on_start {
+            run_callback("on_start", callback, task);
+        }
+    }
+}
+
+/// Runs `on_done` or `on_error` for a task that ended, once.
+pub(crate) fn report_end(task: &dyn Completion) {
+    if !task.take_end_report() {
+        return;
+    }
+    let options = task.options();
+    let callback = match task.info().status() {
+        TaskStatus::Done => (&options.on_done, "on_done"),
+        _ => (&options.on_error, "on_error"),
+    };
+    if let (Some(callback), name) = callback {
+        run_callback(name, callback, task);
+    }
+}
+
+/// A panicking callback is logged and changes nothing else.
+fn run_callback(name: &str, callback: &Callback, task: &dyn Completion) {
+    let info = task.info();
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| callback(&info))) {
+        let message = crate::worker::panic_message(&*payload);
+        log::error!(
+            "offload: the {name} callback of task {} ({}) panicked: {message}",
+            info.id(),
+            info.func_name()
+        );
+    }
+}
+
+/// Waits until `task` has ended.
+pub(crate) async fn finished(task: &dyn Completion) {
+    loop {
+        if task.is_finished() {
+            return;
+        }
+        let listener = task.changed().listen();
+        if task.is_finished() {
+            return;
+        }
+        listener.await;
+    }
+}
+
+/// The state shared by a [`ProcessTask`](crate::ProcessTask) and the driver.
+pub(crate) struct Shared<T> {
+    id: u64,
+    func_name: &'static str,
+    submitted_at: Instant,
+    options: TaskOptions,
+    state: Mutex<State<T>>,
+    changed: Event,
+}
+
+struct State<T> {
+    meta: Meta,
+    /// The outcome, until the handle takes it.
+    outcome: Option<Result<T, TaskError>>,
+    /// Whether the handle already took the outcome.
+    taken: bool,
+    waker: Option<Waker>,
+    settled: bool,
+    start_reported: bool,
+    end_reported: bool,
+}
+
+impl<T> Shared<T> {
+    pub(crate) fn new(id: u64, func_name: &'static str, options: TaskOptions) -> Self {
+        Shared {
+            id,
+            func_name,
+            submitted_at: Instant::now(),
+            options,
+            state: Mutex::new(State {
+                meta: Meta::default(),
+                outcome: None,
+                taken: false,
+                waker: None,
+                settled: false,
+                start_reported: false,
+                end_reported: false,
+            }),
+            changed: Event::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // Nothing panics while the lock is held, but a poisoned lock must not spread panics.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn func_name(&self) -> &'static str {
+        self.func_name
+    }
+
+    pub(crate) fn submitted_at(&self) -> Instant {
+        self.submitted_at
+    }
+
+    /// A snapshot of the metadata.
+    pub(crate) fn snapshot(&self) -> TaskInfo {
+        TaskInfo::new(
+            self.id,
+            self.func_name,
+            self.submitted_at,
+            self.lock().meta.clone(),
+        )
+    }
+
+    /// Reads the metadata under the lock.
+    pub(crate) fn with_meta<R>(&self, read: impl FnOnce(&Meta) -> R) -> R {
+        read(&self.lock().meta)
+    }
+
+    pub(crate) fn changed_event(&self) -> &Event {
+        &self.changed
+    }
+
+    pub(crate) fn is_settled(&self) -> bool {
+        self.lock().settled
+    }
+
+    /// Takes the outcome if it is there, else stores `waker` to be woken when it is.
+    pub(crate) fn poll_outcome(&self, waker: &Waker) -> Option<Result<T, TaskError>> {
+        let mut state = self.lock();
+        if let Some(outcome) = state.outcome.take() {
+            state.taken = true;
+            return Some(outcome);
+        }
+        assert!(!state.taken, "ProcessTask polled after it returned Ready");
+        match &mut state.waker {
+            Some(stored) => stored.clone_from(waker),
+            None => state.waker = Some(waker.clone()),
+        }
+        None
+    }
+
+    /// Ends the task once; later calls are ignored. Returns whether this call ended it.
+    pub(crate) fn finish(&self, outcome: Result<T, TaskError>) -> bool {
+        let waker = {
+            let mut state = self.lock();
+            if state.meta.status.is_finished() {
+                return false;
+            }
+            let meta = &mut state.meta;
+            meta.ended_at = Some(Instant::now());
+            match &outcome {
+                Ok(_) => meta.status = TaskStatus::Done,
+                Err(error) => {
+                    meta.status = match error {
+                        TaskError::Cancelled => TaskStatus::Cancelled,
+                        _ => TaskStatus::Failed,
+                    };
+                    meta.error = Some(error.clone());
+                }
+            }
+            // A task that never reached a worker has nothing left to stop.
+            if meta.started_at.is_none() {
+                state.settled = true;
+            }
+            state.outcome = Some(outcome);
+            state.waker.take()
+        };
+        self.changed.notify(usize::MAX);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+}
+
+impl<T: DeserializeOwned + Send> Completion for Shared<T> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn info(&self) -> TaskInfo {
+        self.snapshot()
+    }
+
+    fn options(&self) -> &TaskOptions {
+        &self.options
+    }
+
+    fn start(&self, pid: u32) -> bool {
+        let mut state = self.lock();
+        if state.meta.status != TaskStatus::Pending {
+            return false;
+        }
+        state.meta.status = TaskStatus::Running;
+        state.meta.pid = Some(pid);
+        state.meta.started_at = Some(Instant::now());
+        true
+    }
+
+    fn succeed(&self, payload: &[u8]) {
+        let outcome = rmp_serde::from_slice(payload)
+            .map_err(|e| TaskError::Decode(format!("result of `{}`: {e}", self.func_name)));
+        self.finish(outcome);
+    }
+
+    fn fail(&self, error: TaskError) -> bool {
+        self.finish(Err(error))
+    }
+
+    fn cancel(&self) -> bool {
+        self.finish(Err(TaskError::Cancelled))
+    }
+
+    fn is_finished(&self) -> bool {
+        self.lock().meta.status.is_finished()
+    }
+
+    fn settle(&self) {
+        self.lock().settled = true;
+        self.changed.notify(usize::MAX);
+    }
+
+    fn changed(&self) -> &Event {
+        &self.changed
+    }
+
+    fn take_start_report(&self) -> bool {
+        !std::mem::replace(&mut self.lock().start_reported, true)
+    }
+
+    fn take_end_report(&self) -> bool {
+        !std::mem::replace(&mut self.lock().end_reported, true)
+    }
+}
