@@ -410,6 +410,7 @@ async fn serve(driver: &Driver, mut worker: Worker, queue: &Receiver<Job>) -> En
             Step::Ended | Step::TimedOut(_) => {
                 if let Step::TimedOut(after) = step {
                     task.fail(TaskError::TimedOut { after });
+                    driver.state.ended(&*task);
                 }
                 // Stopped in the background, so that the replacement starts at once.
                 let _ = driver.stopping.try_send(Stopping { worker, task });

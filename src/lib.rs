@@ -63,7 +63,9 @@ mod task;
 mod wire;
 mod worker;
 
-pub use crate::default::{default_pool, set_default_pool, to_process};
+pub use crate::default::{
+    default_pool, process_fn, set_default_pool, to_process, with_pool, ProcessFn,
+};
 pub use crate::entry::TaskFn;
 pub use crate::error::{Error, TaskError};
 pub use crate::pool::{PoolBuilder, ProcessPool};

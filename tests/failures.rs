@@ -3,8 +3,7 @@
 
 mod common;
 
-use common::{rendezvous, sleep_ms, temp_dir, wait_until, Runtime};
-use libtest_mimic::Trial;
+use common::{eventually, rendezvous, sleep_ms, temp_dir, Runtime};
 use offload::{ProcessPool, TaskError, TaskStatus};
 use serde::{de, ser, Deserialize, Deserializer, Serialize, Serializer};
 
@@ -151,11 +150,7 @@ async fn sigkill_from_outside_fails_only_that_task() {
     let pool = ProcessPool::new(2).unwrap();
     let victim = pool.spawn(sleep_ms, 60_000);
     let bystander = pool.spawn(sleep_ms, 200);
-    let victim = blocking::unblock(move || {
-        wait_until("the victim runs", || victim.status() == "running");
-        victim
-    })
-    .await;
+    eventually("the victim runs", || victim.status() == "running").await;
     let pid = victim.pid().unwrap();
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid as i32).unwrap(),
@@ -223,8 +218,7 @@ async fn codec_errors_fail_the_task_and_keep_the_worker() {
 }
 
 fn main() {
-    type Scenario = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-    let scenarios: [(&str, Scenario); 5] = [
+    let scenarios: [(&str, common::Scenario); 5] = [
         ("panic_fails_its_task_and_the_worker_serves_on", || {
             Box::pin(panic_fails_its_task_and_the_worker_serves_on())
         }),
@@ -242,17 +236,6 @@ fn main() {
             Box::pin(codec_errors_fail_the_task_and_keep_the_worker())
         }),
     ];
-    let mut trials = Vec::new();
-    for (name, scenario) in scenarios {
-        for runtime in [Runtime::Smol, Runtime::TokioMultiThread] {
-            trials.push(Trial::test(
-                format!("{name}_under_{}", runtime.name()),
-                move || {
-                    runtime.block_on(scenario());
-                    Ok(())
-                },
-            ));
-        }
-    }
-    common::main_with(trials);
+    let runtimes = [Runtime::Smol, Runtime::TokioMultiThread];
+    common::main_with(common::trials_under(&runtimes, &scenarios));
 }

@@ -45,6 +45,36 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits, without blocking the executor, until `cond` holds; checks every millisecond, up to
+/// [`BOUND`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        async_io::Timer::after(Duration::from_millis(1)).await;
+    }
+}
+
+/// A scenario, boxed so that a list of them can run under several runtimes.
+pub type Scenario = fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One trial per scenario and runtime, named `{scenario}_under_{runtime}`.
+pub fn trials_under(runtimes: &[Runtime], scenarios: &[(&str, Scenario)]) -> Vec<Trial> {
+    let mut trials = Vec::new();
+    for &(name, scenario) in scenarios {
+        for &runtime in runtimes {
+            trials.push(Trial::test(
+                format!("{name}_under_{}", runtime.name()),
+                move || {
+                    runtime.block_on(scenario());
+                    Ok(())
+                },
+            ));
+        }
+    }
+    trials
+}
+
 /// The four executors every scenario runs under.
 #[derive(Debug, Clone, Copy)]
 pub enum Runtime {
@@ -123,6 +153,33 @@ pub fn temp_dir(name: &str) -> PathBuf {
 /// Sleeps, then returns the pid of the process that ran it.
 pub fn sleep_ms(ms: u64) -> u32 {
     std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+/// Spins until killed; returns nothing, ever.
+pub fn spin() -> u32 {
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+/// Creates the file `path`, then returns the pid of the process that ran it.
+pub fn touch(path: PathBuf) -> u32 {
+    std::fs::write(path, b"").unwrap();
+    std::process::id()
+}
+
+/// Waits, up to [`BOUND`], until the file `path` exists; returns the pid that ran it.
+pub fn wait_for_file(path: PathBuf) -> u32 {
+    let deadline = Instant::now() + BOUND;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     std::process::id()
 }
 

@@ -1,0 +1,174 @@
+//! Cancelling really stops the work: a queued task never runs, a running task's worker is
+//! stopped (SIGTERM, grace, SIGKILL), reaped and replaced, and nothing else is disturbed.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{eventually, is_our_child, sleep_ms, spin, temp_dir, touch, wait_for_file, Runtime};
+use offload::{ProcessPool, TaskError, TaskStatus};
+
+/// Spins with `SIGTERM` caught, so only `SIGKILL` stops it; creates `ready` once the
+/// handler is in place.
+fn spin_ignoring_sigterm(ready: PathBuf) -> u32 {
+    let flag = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, flag.clone()).unwrap();
+    std::fs::write(ready, b"").unwrap();
+    loop {
+        if flag.load(Ordering::Relaxed) {
+            flag.store(false, Ordering::Relaxed); // noticed, and ignored
+        }
+        std::hint::spin_loop();
+    }
+}
+
+fn whoami() -> u32 {
+    std::process::id()
+}
+
+async fn queued_task_cancelled_never_runs() {
+    let pool = ProcessPool::new(1).unwrap();
+    let dir = temp_dir("queued");
+    let blocker = pool.spawn(wait_for_file, dir.join("go"));
+    eventually("the blocker runs", || blocker.status() == "running").await;
+    let mut queued = pool.spawn(touch, dir.join("ran"));
+    assert_eq!(queued.status(), TaskStatus::Pending);
+
+    assert!(queued.cancel(), "a queued task is cancelled");
+    assert_eq!(queued.status(), TaskStatus::Cancelled);
+    assert_eq!(queued.pid(), None);
+    assert!(queued.ended_at().is_some() && queued.duration().is_none());
+    assert!(matches!((&mut queued).await, Err(TaskError::Cancelled)));
+    assert!(!queued.cancel(), "cancelling twice does nothing");
+
+    std::fs::write(dir.join("go"), b"").unwrap();
+    let worker = blocker.await.unwrap();
+    // The queue moved past the cancelled task: the next task ran, the cancelled one did not.
+    assert_eq!(pool.spawn(whoami, ()).await.unwrap(), worker);
+    assert!(
+        !dir.join("ran").exists(),
+        "the cancelled task's function never ran"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+async fn running_task_cancelled_stops_its_worker_which_is_replaced() {
+    let pool = ProcessPool::new(1).unwrap();
+    let mut task = pool.spawn(spin, ());
+    eventually("the task runs", || task.status() == "running").await;
+    let pid = task.pid().unwrap();
+    assert!(is_our_child(pid));
+
+    assert!(task.cancel_and_wait().await, "a running task is cancelled");
+    assert!(
+        !is_our_child(pid),
+        "the worker {pid} is gone once cancel_and_wait returns"
+    );
+    assert_eq!(task.status(), TaskStatus::Cancelled);
+    assert!(task.duration().is_some(), "end time and duration are set");
+    assert!(matches!((&mut task).await, Err(TaskError::Cancelled)));
+
+    let next = pool.spawn(whoami, ()).await.unwrap();
+    assert_ne!(next, pid, "a replacement serves");
+}
+
+async fn worker_ignoring_sigterm_is_killed_after_the_cancel_timeout() {
+    let pool = ProcessPool::new(1).unwrap();
+    let grace = Duration::from_millis(300);
+    let dir = temp_dir("sigterm");
+    let ready = dir.join("ready");
+    let task = pool
+        .task(spin_ignoring_sigterm)
+        .cancel_timeout(grace)
+        .spawn(ready.clone());
+    eventually("the task ignores SIGTERM", || ready.exists()).await;
+    let pid = task.pid().unwrap();
+    let started = Instant::now();
+    assert!(task.cancel_and_wait().await);
+    assert!(
+        started.elapsed() >= grace,
+        "SIGTERM alone did not stop it; SIGKILL came after the grace"
+    );
+    assert!(!is_our_child(pid));
+    assert_ne!(pool.spawn(whoami, ()).await.unwrap(), pid);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+async fn cancelling_a_finished_task_leaves_its_worker_alone() {
+    let pool = ProcessPool::new(1).unwrap();
+    let mut task = pool.spawn(whoami, ());
+    let pid = (&mut task).await.unwrap();
+    assert!(!task.cancel(), "nothing to cancel");
+    assert!(!task.cancel_and_wait().await);
+    assert_eq!(task.status(), TaskStatus::Done);
+    assert!(is_our_child(pid), "the worker that ran it lives");
+    assert_eq!(pool.spawn(whoami, ()).await.unwrap(), pid, "and serves on");
+}
+
+async fn dropping_a_running_task_stops_its_worker() {
+    let pool = ProcessPool::new(1).unwrap();
+    let task = pool.spawn(spin, ());
+    eventually("the task runs", || task.status() == "running").await;
+    let pid = task.pid().unwrap();
+    drop(task);
+    eventually("the dropped task's worker is gone", || !is_our_child(pid)).await;
+    assert_ne!(pool.spawn(whoami, ()).await.unwrap(), pid);
+}
+
+async fn detached_task_runs_to_the_end() {
+    let pool = ProcessPool::new(1).unwrap();
+    let dir = temp_dir("detached");
+    pool.spawn(sleep_ms, 50).detach();
+    let path = dir.join("done");
+    pool.spawn(touch, path.clone()).detach();
+    eventually("the detached task ran", || path.exists()).await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+async fn cancel_disturbs_no_other_task() {
+    let pool = ProcessPool::new(2).unwrap();
+    let victim = pool.spawn(spin, ());
+    let bystander = pool.spawn(sleep_ms, 300);
+    eventually("both run", || {
+        victim.status() == "running" && bystander.status() == "running"
+    })
+    .await;
+    let victim_pid = victim.pid().unwrap();
+    assert!(victim.cancel_and_wait().await);
+    let bystander_pid = bystander.await.unwrap();
+    assert_ne!(bystander_pid, victim_pid);
+    assert!(is_our_child(bystander_pid), "the other worker lives on");
+}
+
+fn main() {
+    let scenarios: [(&str, common::Scenario); 7] = [
+        ("queued_task_cancelled_never_runs", || {
+            Box::pin(queued_task_cancelled_never_runs())
+        }),
+        (
+            "running_task_cancelled_stops_its_worker_which_is_replaced",
+            || Box::pin(running_task_cancelled_stops_its_worker_which_is_replaced()),
+        ),
+        (
+            "worker_ignoring_sigterm_is_killed_after_the_cancel_timeout",
+            || Box::pin(worker_ignoring_sigterm_is_killed_after_the_cancel_timeout()),
+        ),
+        ("cancelling_a_finished_task_leaves_its_worker_alone", || {
+            Box::pin(cancelling_a_finished_task_leaves_its_worker_alone())
+        }),
+        ("dropping_a_running_task_stops_its_worker", || {
+            Box::pin(dropping_a_running_task_stops_its_worker())
+        }),
+        ("detached_task_runs_to_the_end", || {
+            Box::pin(detached_task_runs_to_the_end())
+        }),
+        ("cancel_disturbs_no_other_task", || {
+            Box::pin(cancel_disturbs_no_other_task())
+        }),
+    ];
+    let runtimes = [Runtime::Smol, Runtime::TokioMultiThread];
+    common::main_with(common::trials_under(&runtimes, &scenarios));
+}
