@@ -2,7 +2,8 @@
 //!
 //! Prints, in one run and side by side, the figures that bound what a process pool costs:
 //! a raw pipe ping-pong with a child process (the floor), offload's trivial-task round trip
-//! under smol and under Tokio, and the cold start of a pool of two workers.
+//! under smol and under Tokio, the cold start of a pool of two workers, and how long a cancel
+//! takes to free the CPU and to have a replacement worker serving.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -14,9 +15,17 @@ use offload::ProcessPool;
 const ROUND_TRIPS: usize = 20_000;
 /// Cold starts measured.
 const COLD_STARTS: usize = 50;
+/// Cancels measured.
+const CANCELS: usize = 100;
 
 fn trivial(x: u64) -> u64 {
     x + 1
+}
+
+fn spin() -> u64 {
+    loop {
+        std::hint::spin_loop();
+    }
 }
 
 /// The child side of the raw ping-pong: echo 16-byte messages until stdin closes.
@@ -84,6 +93,27 @@ fn cold_starts() -> Vec<Duration> {
         .collect()
 }
 
+/// For a spinning task on a one-worker pool: time from `cancel_and_wait` to the worker being
+/// reaped, and to a replacement worker having served a task.
+fn cancels() -> (Vec<Duration>, Vec<Duration>) {
+    let pool = ProcessPool::new(1).unwrap();
+    let mut reaped = Vec::with_capacity(CANCELS);
+    let mut replaced = Vec::with_capacity(CANCELS);
+    for _ in 0..CANCELS {
+        pool.spawn(trivial, 0).wait().unwrap(); // a worker is up
+        let task = pool.spawn(spin, ());
+        while task.status() != "running" {
+            std::thread::yield_now();
+        }
+        let start = Instant::now();
+        futures_lite::future::block_on(task.cancel_and_wait());
+        reaped.push(start.elapsed());
+        pool.spawn(trivial, 1).wait().unwrap();
+        replaced.push(start.elapsed());
+    }
+    (reaped, replaced)
+}
+
 fn main() {
     offload::init();
     if std::env::args().nth(1).as_deref() == Some("--raw-echo") {
@@ -110,6 +140,9 @@ fn main() {
             .collect::<Vec<_>>(),
     );
     let (cold50, cold99) = percentiles(&mut cold_starts());
+    let (mut reaped, mut replaced) = cancels();
+    let (reaped50, reaped99) = percentiles(&mut reaped);
+    let (replaced50, replaced99) = percentiles(&mut replaced);
 
     println!("figure                                   p50          p99   ratio to raw p50");
     println!(
@@ -129,9 +162,19 @@ fn main() {
             p50.as_secs_f64() / raw50.as_secs_f64()
         );
     }
-    println!(
-        "cold start: pool of 2 + first result  {:>8.2} ms  {:>8.2} ms",
-        cold50.as_secs_f64() * 1e3,
-        cold99.as_secs_f64() * 1e3
-    );
+    for (name, p50, p99) in [
+        ("cold start: pool of 2 + first result", cold50, cold99),
+        ("cancel of a spinning task → reaped", reaped50, reaped99),
+        (
+            "cancel → a replacement served a task",
+            replaced50,
+            replaced99,
+        ),
+    ] {
+        println!(
+            "{name:<37} {:>8.2} ms  {:>8.2} ms",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
+    }
 }

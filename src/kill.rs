@@ -68,3 +68,46 @@ pub(crate) async fn stop(child: &mut Child, pidfd: &Pidfd, grace: Duration) -> O
     let _ = pidfd.signal(Signal::KILL);
     child.status().await.ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sleeper() -> Child {
+        async_process::Command::new("sleep")
+            .arg("30")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn stop_terminates_and_reaps_and_a_later_signal_is_harmless() {
+        futures_lite::future::block_on(async {
+            let mut child = sleeper();
+            let pidfd = Pidfd::open(&child);
+            #[cfg(target_os = "linux")]
+            assert!(pidfd.fd.is_some(), "Linux signals through a pidfd");
+            let status = stop(&mut child, &pidfd, Duration::from_secs(5))
+                .await
+                .unwrap();
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(Signal::TERM.as_raw()));
+            assert!(!std::path::Path::new(&format!("/proc/{}", pidfd.pid)).exists());
+            // The pidfd names the reaped process: signalling it now reaches no one.
+            #[cfg(target_os = "linux")]
+            pidfd.signal(Signal::KILL).unwrap();
+        });
+    }
+
+    #[test]
+    fn zero_grace_kills_at_once() {
+        futures_lite::future::block_on(async {
+            let mut child = sleeper();
+            let pidfd = Pidfd::open(&child);
+            let status = stop(&mut child, &pidfd, Duration::ZERO).await.unwrap();
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(Signal::KILL.as_raw()));
+        });
+    }
+}
