@@ -11,7 +11,7 @@ use futures_lite::future;
 
 use crate::entry::TaskFn;
 use crate::error::Error;
-use crate::pool::{submit, ProcessPool};
+use crate::pool::{call_of, encode_args, submit, ProcessPool};
 use crate::state::TaskOptions;
 use crate::task::ProcessTask;
 
@@ -83,10 +83,13 @@ pub fn to_process<F, M>(f: F, args: F::Args) -> ProcessTask<F::Output>
 where
     F: TaskFn<M>,
 {
-    let _ = f;
     match default_pool() {
-        Ok(pool) => submit::<F, M>(Ok(&pool), &args, TaskOptions::default()),
-        Err(err) => submit::<F, M>(Err(err.into_task_error()), &args, TaskOptions::default()),
+        Ok(pool) => pool.spawn(f, args),
+        Err(err) => submit(
+            Err(err.into_task_error()),
+            call_of::<F, M>(TaskOptions::default()),
+            encode_args(&args),
+        ),
     }
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::Duration;
@@ -31,6 +31,7 @@ use crate::entry::build_id;
 use crate::error::{Error, TaskError};
 use crate::kill::{self, Pidfd};
 use crate::state::{finished, report_end, report_start, Completion, EndNotices};
+use crate::task::TaskStatus;
 use crate::wire::{self, CodecFailure, FromWorker, ToWorker};
 
 /// How long a new worker may take to answer the handshake before it is killed.
@@ -76,6 +77,37 @@ pub(crate) struct PoolState {
     /// Set, and `stopped_event` notified, once every worker is reaped and the driver is gone.
     stopped: AtomicBool,
     stopped_event: Event,
+    pub(crate) counters: Counters,
+}
+
+/// What [`PoolStats`](crate::PoolStats) reports, kept up to date by the driver.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Workers that passed the handshake and serve (or wait for) tasks.
+    pub(crate) workers: AtomicUsize,
+    /// Workers running a task.
+    pub(crate) busy: AtomicUsize,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    /// Workers started in place of one that exited, died, was stopped or retired.
+    pub(crate) replaced: AtomicU64,
+}
+
+/// Counts one up while it lives.
+struct Gauge<'a>(&'a AtomicUsize);
+
+impl<'a> Gauge<'a> {
+    fn up(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Gauge(counter)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl PoolState {
@@ -114,10 +146,18 @@ impl PoolState {
         }
     }
 
-    /// Reports the end of `task`: it leaves the live set and its callbacks run.
+    /// Reports the end of `task`: it leaves the live set, is counted, and its callbacks run.
     fn ended(&self, task: &dyn Completion) {
-        self.unregister(task.id());
-        report_end(task);
+        let Some(task) = self.live_tasks().remove(&task.id()) else {
+            return; // reported already
+        };
+        let counter = match task.info().status() {
+            TaskStatus::Done => &self.counters.completed,
+            TaskStatus::Cancelled => &self.counters.cancelled,
+            _ => &self.counters.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        report_end(&*task);
     }
 }
 
@@ -141,7 +181,7 @@ pub(crate) fn worker_program() -> &'static Path {
 /// Workers are spawned by the driver thread itself, because `PR_SET_PDEATHSIG` fires when the
 /// *thread* that forked a child exits: spawning from a caller's short-lived thread would kill
 /// the workers with it.
-pub(crate) fn start(workers: usize) -> Result<(Sender<Job>, Arc<PoolState>), Error> {
+pub(crate) fn start(options: Options) -> Result<(Sender<Job>, Arc<PoolState>), Error> {
     let (jobs, queue) = async_channel::unbounded();
     let (notices, notice_queue) = async_channel::unbounded();
     let state = Arc::new(PoolState {
@@ -149,6 +189,7 @@ pub(crate) fn start(workers: usize) -> Result<(Sender<Job>, Arc<PoolState>), Err
         notices,
         stopped: AtomicBool::new(false),
         stopped_event: Event::new(),
+        counters: Counters::default(),
     });
     let (ready, started) = mpsc::sync_channel(1);
     let driver_state = state.clone();
@@ -156,12 +197,17 @@ pub(crate) fn start(workers: usize) -> Result<(Sender<Job>, Arc<PoolState>), Err
         .name(THREAD_NAME.into())
         .spawn(move || {
             ON_DRIVER.with(|flag| flag.set(true));
-            let spawned: io::Result<Vec<Process>> =
-                (0..workers).map(|_| Process::spawn()).collect();
+            let spawned: io::Result<Vec<Option<Process>>> = (0..options.workers)
+                .map(|_| match options.on_demand {
+                    true => Ok(None),
+                    false => Process::spawn().map(Some),
+                })
+                .collect();
             match spawned {
                 Ok(processes) => {
                     let _ = ready.send(Ok(()));
-                    async_io::block_on(run(processes, queue, notice_queue, &driver_state));
+                    let run = run(processes, options, queue, notice_queue, &driver_state);
+                    async_io::block_on(run);
                 }
                 // The processes spawned so far are killed and reaped by `kill_on_drop`.
                 Err(err) => drop(ready.send(Err(err))),
@@ -179,17 +225,34 @@ pub(crate) fn start(workers: usize) -> Result<(Sender<Job>, Arc<PoolState>), Err
     }
 }
 
+/// How a pool's driver runs its workers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    pub(crate) workers: usize,
+    /// Replace a worker after it has run this many tasks.
+    pub(crate) max_tasks_per_worker: Option<usize>,
+    /// Start a worker only when a task is waiting for it, instead of at once and after every
+    /// replacement.
+    pub(crate) on_demand: bool,
+}
+
 /// What the slots of one driver share.
 struct Driver {
     state: Arc<PoolState>,
+    options: Options,
     /// Workers to stop in the background, so that their slots can start replacements at once.
     stopping: Sender<Stopping>,
 }
 
-/// A worker on its way out, and the task it was running.
-struct Stopping {
-    worker: Worker,
-    task: Arc<dyn Completion>,
+/// A worker on its way out.
+enum Stopping {
+    /// Its task was cancelled or timed out: stop it within the task's cancel timeout.
+    Task {
+        worker: Worker,
+        task: Arc<dyn Completion>,
+    },
+    /// It ran its share of tasks: let it exit.
+    Retire(Worker),
 }
 
 type LocalFuture = Pin<Box<dyn Future<Output = Finished>>>;
@@ -203,7 +266,8 @@ enum Finished {
 /// The driver's whole life: all slots and all stopping workers, until the queue is closed and
 /// drained and every worker is reaped.
 async fn run(
-    processes: Vec<Process>,
+    processes: Vec<Option<Process>>,
+    options: Options,
     queue: Receiver<Job>,
     notice_queue: Receiver<Arc<dyn Completion>>,
     state: &Arc<PoolState>,
@@ -211,6 +275,7 @@ async fn run(
     let (stopping, stopping_queue) = async_channel::unbounded::<Stopping>();
     let driver = Rc::new(Driver {
         state: state.clone(),
+        options,
         stopping,
     });
     let mut slots = processes.len();
@@ -246,12 +311,18 @@ async fn run(
         match event {
             Event::Finished(Some(Finished::Slot)) => slots -= 1,
             Event::Finished(Some(Finished::Stopped)) | Event::Finished(None) => {}
-            Event::Stop(Stopping { worker, task }) => {
+            Event::Stop(Stopping::Task { worker, task }) => {
                 let state = state.clone();
                 work.push(Box::pin(async move {
                     worker.stop(task.options().cancel_timeout).await;
                     task.settle();
                     state.ended(&*task);
+                    Finished::Stopped
+                }));
+            }
+            Event::Stop(Stopping::Retire(worker)) => {
+                work.push(Box::pin(async move {
+                    worker.shut_down().await;
                     Finished::Stopped
                 }));
             }
@@ -264,19 +335,40 @@ async fn run(
 }
 
 /// One worker place in the pool: serves jobs with successive worker processes.
-async fn slot(driver: Rc<Driver>, first: Process, queue: Receiver<Job>) -> Finished {
-    let mut next = Ok(first);
+async fn slot(driver: Rc<Driver>, first: Option<Process>, queue: Receiver<Job>) -> Finished {
+    let counters = &driver.state.counters;
+    let mut next = first.map(Ok);
+    // A job taken from the queue before a worker existed for it (on-demand slots).
+    let mut waiting: Option<Job> = None;
     let mut failures: u32 = 0;
+    let mut replacing = false;
     loop {
-        let started = match next {
+        let process = match next.take() {
+            Some(process) => process,
+            None => {
+                if driver.options.on_demand && waiting.is_none() {
+                    match queue.recv().await {
+                        Ok(job) if job.task.is_finished() => continue, // cancelled meanwhile
+                        Ok(job) => waiting = Some(job),
+                        Err(_) => return Finished::Slot,
+                    }
+                }
+                Process::spawn()
+            }
+        };
+        let started = match process {
             Ok(process) => process.handshake().await,
             Err(err) => Err(err),
         };
         match started {
             Ok(worker) => {
                 failures = 0;
-                if let End::QueueClosed = serve(&driver, worker, &queue).await {
-                    return Finished::Slot;
+                if replacing {
+                    counters.replaced.fetch_add(1, Ordering::Relaxed);
+                }
+                match serve(&driver, worker, &queue, &mut waiting).await {
+                    End::QueueClosed => return Finished::Slot,
+                    End::Replace => replacing = true,
                 }
             }
             Err(err) => {
@@ -284,7 +376,11 @@ async fn slot(driver: Rc<Driver>, first: Process, queue: Receiver<Job>) -> Finis
                 // A broken setup (say, `init()` missing from `main`) must fail tasks loudly
                 // rather than leave them queued forever; one retry absorbs a transient error.
                 if failures > 1 {
-                    match queue.recv().await {
+                    let job = match waiting.take() {
+                        Some(job) => Ok(job),
+                        None => queue.recv().await,
+                    };
+                    match job {
                         Ok(job) => {
                             job.task.fail(TaskError::Spawn(Arc::new(err)));
                             driver.state.ended(&*job.task);
@@ -296,7 +392,9 @@ async fn slot(driver: Rc<Driver>, first: Process, queue: Receiver<Job>) -> Finis
                 Timer::after(backoff.min(MAX_RESPAWN_BACKOFF)).await;
             }
         }
-        next = Process::spawn();
+        if !driver.options.on_demand {
+            next = Some(Process::spawn());
+        }
     }
 }
 
@@ -324,9 +422,33 @@ enum Step {
     TimedOut(Duration),
 }
 
-/// Serves jobs from `queue` with `worker` until the queue closes or the worker is lost.
-async fn serve(driver: &Driver, mut worker: Worker, queue: &Receiver<Job>) -> End {
+/// Serves jobs (`waiting` first, then from `queue`) with `worker` until the queue closes, the
+/// worker is lost, or it has served its share.
+async fn serve(
+    driver: &Driver,
+    mut worker: Worker,
+    queue: &Receiver<Job>,
+    waiting: &mut Option<Job>,
+) -> End {
+    let counters = &driver.state.counters;
+    let _serving = Gauge::up(&counters.workers);
+    let mut served = 0;
     loop {
+        if driver.options.max_tasks_per_worker == Some(served) {
+            let _ = driver.stopping.try_send(Stopping::Retire(worker));
+            return End::Replace;
+        }
+        if let Some(job) = waiting.take() {
+            if !job.task.start(worker.pid) {
+                continue;
+            }
+            match run_job(driver, worker, job).await {
+                Some(kept) => worker = kept,
+                None => return End::Replace,
+            }
+            served += 1;
+            continue;
+        }
         let idle = future::or(
             async {
                 match queue.recv().await {
@@ -352,74 +474,86 @@ async fn serve(driver: &Driver, mut worker: Worker, queue: &Receiver<Job>) -> En
                 return End::Replace;
             }
         };
-        let task = job.task;
-        if !task.start(worker.pid) {
+        if !job.task.start(worker.pid) {
             continue; // ended while queued
         }
-        report_start(&*task);
-        let timeout = task.options().timeout;
-        let step = {
-            let exchange = async {
-                if worker.input.write_all(&job.frame).await.is_err() {
-                    return Err(Lost::Died);
-                }
-                worker.reply(job.id).await
-            };
-            future::or(
-                async { Step::Reply(exchange.await) },
-                future::or(
-                    async {
-                        finished(&*task).await;
-                        Step::Ended
-                    },
-                    async {
-                        match timeout {
-                            Some(after) => {
-                                Timer::after(after).await;
-                                Step::TimedOut(after)
-                            }
-                            None => future::pending().await,
-                        }
-                    },
-                ),
-            )
-            .await
-        };
-        drop(job.frame);
-        match step {
-            Step::Reply(Ok(Reply::Done { payload_start })) => {
-                task.succeed(&worker.buf[payload_start..]);
-            }
-            Step::Reply(Ok(Reply::Failed(error))) => {
-                task.fail(error);
-            }
-            Step::Reply(Err(Lost::Died)) => {
-                let error = worker.bury().await;
-                task.fail(error);
-                task.settle();
-                driver.state.ended(&*task);
-                return End::Replace;
-            }
-            Step::Reply(Err(Lost::Broken(msg))) => {
-                worker.stop(Duration::ZERO).await;
-                task.fail(TaskError::Protocol(msg));
-                task.settle();
-                driver.state.ended(&*task);
-                return End::Replace;
-            }
-            Step::Ended | Step::TimedOut(_) => {
-                if let Step::TimedOut(after) = step {
-                    task.fail(TaskError::TimedOut { after });
-                    driver.state.ended(&*task);
-                }
-                // Stopped in the background, so that the replacement starts at once.
-                let _ = driver.stopping.try_send(Stopping { worker, task });
-                return End::Replace;
-            }
+        match run_job(driver, worker, job).await {
+            Some(kept) => worker = kept,
+            None => return End::Replace,
         }
-        task.settle();
-        driver.state.ended(&*task);
+        served += 1;
     }
+}
+
+/// Runs a started job on `worker`. Returns the worker if it can serve on; `None` if it is gone
+/// or on its way out.
+async fn run_job(driver: &Driver, mut worker: Worker, job: Job) -> Option<Worker> {
+    let _busy = Gauge::up(&driver.state.counters.busy);
+    let task = job.task;
+    report_start(&*task);
+    let timeout = task.options().timeout;
+    let step = {
+        let exchange = async {
+            if worker.input.write_all(&job.frame).await.is_err() {
+                return Err(Lost::Died);
+            }
+            worker.reply(job.id).await
+        };
+        future::or(
+            async { Step::Reply(exchange.await) },
+            future::or(
+                async {
+                    finished(&*task).await;
+                    Step::Ended
+                },
+                async {
+                    match timeout {
+                        Some(after) => {
+                            Timer::after(after).await;
+                            Step::TimedOut(after)
+                        }
+                        None => future::pending().await,
+                    }
+                },
+            ),
+        )
+        .await
+    };
+    drop(job.frame);
+    match step {
+        Step::Reply(Ok(Reply::Done { payload_start })) => {
+            task.succeed(&worker.buf[payload_start..]);
+        }
+        Step::Reply(Ok(Reply::Failed(error))) => {
+            task.fail(error);
+        }
+        Step::Reply(Err(Lost::Died)) => {
+            let error = worker.bury().await;
+            task.fail(error);
+            task.settle();
+            driver.state.ended(&*task);
+            return None;
+        }
+        Step::Reply(Err(Lost::Broken(msg))) => {
+            worker.stop(Duration::ZERO).await;
+            task.fail(TaskError::Protocol(msg));
+            task.settle();
+            driver.state.ended(&*task);
+            return None;
+        }
+        Step::Ended | Step::TimedOut(_) => {
+            if let Step::TimedOut(after) = step {
+                task.fail(TaskError::TimedOut { after });
+                driver.state.ended(&*task);
+            }
+            // Stopped in the background, so that the replacement starts at once.
+            let _ = driver.stopping.try_send(Stopping::Task { worker, task });
+            return None;
+        }
+    }
+    task.settle();
+    driver.state.ended(&*task);
+    Some(worker)
 }
 
 /// A worker's answer to a job.

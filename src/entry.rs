@@ -7,6 +7,7 @@
 //! result. The child is the same executable file (checked by the build handshake), so the same
 //! offset from the same anchor is the same trampoline there (the approach of the mitosis crate).
 
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
@@ -70,78 +71,155 @@ pub trait TaskFn<M>: sealed::Sealed<M> + Copy + Send + Sync + 'static {
 
 mod sealed {
     pub trait Sealed<M> {}
+    pub trait SealedAsync<M> {}
 }
 
-impl<F, R> sealed::Sealed<fn() -> R> for F where F: Fn() -> R {}
-impl<F, R> TaskFn<fn() -> R> for F
-where
-    F: Fn() -> R + Copy + Send + Sync + 'static,
-    R: Serialize + DeserializeOwned + Send + 'static,
-{
-    type Args = ();
-    type Output = R;
+/// An async function that can run in a worker process, on `async_io::block_on` there.
+///
+/// The same as [`TaskFn`], for `async fn`s and non-capturing closures that return a future:
+/// the future runs inside the worker, so async-io based code (timers, sockets) works in it.
+/// The future need not be `Send`. Spawn one with
+/// [`ProcessPool::spawn_async`](crate::ProcessPool::spawn_async).
+///
+/// # Examples
+///
+/// ```no_run
+/// # offload::init();
+/// async fn delayed_double(x: u64) -> u64 {
+///     async_io::Timer::after(std::time::Duration::from_millis(10)).await;
+///     x * 2
+/// }
+///
+/// # futures_lite::future::block_on(async {
+/// let pool = offload::ProcessPool::new(1)?;
+/// assert_eq!(pool.spawn_async(delayed_double, 21).await?, 42);
+/// # Ok::<(), offload::Error>(()) }).unwrap();
+/// ```
+pub trait AsyncTaskFn<M>: sealed::SealedAsync<M> + Copy + Send + Sync + 'static {
+    /// What the caller passes: the argument itself, a tuple of them, or `()`.
+    type Args: Serialize + DeserializeOwned + Send + 'static;
+    /// What the future resolves to.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// The future the function returns.
+    type Future: Future<Output = Self::Output>;
 
-    fn call(self, (): ()) -> R {
-        self()
-    }
+    /// Calls the function.
+    #[doc(hidden)]
+    fn call(self, args: Self::Args) -> Self::Future;
 }
 
-impl<F, A, R> sealed::Sealed<fn(A) -> R> for F where F: Fn(A) -> R {}
-impl<F, A, R> TaskFn<fn(A) -> R> for F
-where
-    F: Fn(A) -> R + Copy + Send + Sync + 'static,
-    A: Serialize + DeserializeOwned + Send + 'static,
-    R: Serialize + DeserializeOwned + Send + 'static,
-{
-    type Args = A;
-    type Output = R;
-
-    fn call(self, a: A) -> R {
-        self(a)
-    }
-}
-
-macro_rules! impl_task_fn_for_tuples {
-    ($($a:ident),+) => {
-        impl<F, $($a,)+ R> sealed::Sealed<fn($($a),+) -> R> for F where F: Fn($($a),+) -> R {}
-        impl<F, $($a,)+ R> TaskFn<fn($($a),+) -> R> for F
+/// Implements [`TaskFn`] and [`AsyncTaskFn`] for functions of the given parameters, passed as
+/// `$args` (a type) and taken apart by the pattern `$pat`.
+macro_rules! impl_fns {
+    (($($a:ident),*), $args:ty, $pat:pat, ($($arg:ident),*)) => {
+        impl<F, $($a,)* R> sealed::Sealed<fn($($a),*) -> R> for F where F: Fn($($a),*) -> R {}
+        impl<F, $($a,)* R> TaskFn<fn($($a),*) -> R> for F
         where
-            F: Fn($($a),+) -> R + Copy + Send + Sync + 'static,
-            $($a: Serialize + DeserializeOwned + Send + 'static,)+
+            F: Fn($($a),*) -> R + Copy + Send + Sync + 'static,
+            $($a: Serialize + DeserializeOwned + Send + 'static,)*
             R: Serialize + DeserializeOwned + Send + 'static,
         {
-            type Args = ($($a,)+);
+            type Args = $args;
             type Output = R;
 
             #[allow(non_snake_case)]
-            fn call(self, ($($a,)+): Self::Args) -> R {
-                self($($a),+)
+            fn call(self, $pat: Self::Args) -> R {
+                self($($arg),*)
+            }
+        }
+
+        impl<F, $($a,)* Fut> sealed::SealedAsync<fn($($a),*) -> Fut> for F
+        where
+            F: Fn($($a),*) -> Fut,
+        {
+        }
+        impl<F, $($a,)* Fut> AsyncTaskFn<fn($($a),*) -> Fut> for F
+        where
+            F: Fn($($a),*) -> Fut + Copy + Send + Sync + 'static,
+            $($a: Serialize + DeserializeOwned + Send + 'static,)*
+            Fut: Future,
+            Fut::Output: Serialize + DeserializeOwned + Send + 'static,
+        {
+            type Args = $args;
+            type Output = Fut::Output;
+            type Future = Fut;
+
+            #[allow(non_snake_case)]
+            fn call(self, $pat: Self::Args) -> Fut {
+                self($($arg),*)
             }
         }
     };
 }
 
-impl_task_fn_for_tuples!(A, B);
-impl_task_fn_for_tuples!(A, B, C);
-impl_task_fn_for_tuples!(A, B, C, D);
-impl_task_fn_for_tuples!(A, B, C, D, E);
-impl_task_fn_for_tuples!(A, B, C, D, E, G);
-impl_task_fn_for_tuples!(A, B, C, D, E, G, H);
-impl_task_fn_for_tuples!(A, B, C, D, E, G, H, I);
+impl_fns!((), (), (), ());
+impl_fns!((A), A, A, (A));
+impl_fns!((A, B), (A, B), (A, B), (A, B));
+impl_fns!((A, B, C), (A, B, C), (A, B, C), (A, B, C));
+impl_fns!((A, B, C, D), (A, B, C, D), (A, B, C, D), (A, B, C, D));
+impl_fns!(
+    (A, B, C, D, E),
+    (A, B, C, D, E),
+    (A, B, C, D, E),
+    (A, B, C, D, E)
+);
+impl_fns!(
+    (A, B, C, D, E, G),
+    (A, B, C, D, E, G),
+    (A, B, C, D, E, G),
+    (A, B, C, D, E, G)
+);
+impl_fns!(
+    (A, B, C, D, E, G, H),
+    (A, B, C, D, E, G, H),
+    (A, B, C, D, E, G, H),
+    (A, B, C, D, E, G, H)
+);
+impl_fns!(
+    (A, B, C, D, E, G, H, I),
+    (A, B, C, D, E, G, H, I),
+    (A, B, C, D, E, G, H, I),
+    (A, B, C, D, E, G, H, I)
+);
 
 /// What the child calls: decode the arguments in `args`, run, append the encoded result to `out`.
 pub(crate) type Trampoline = fn(args: &[u8], out: &mut Vec<u8>) -> Result<(), CodecFailure>;
 
+/// Decodes one argument value of a task.
+pub(crate) fn decode_args<A: DeserializeOwned>(args: &[u8]) -> Result<A, CodecFailure> {
+    rmp_serde::from_slice(args).map_err(|e| CodecFailure::Decode(format!("arguments: {e}")))
+}
+
+/// Appends one encoded result value.
+pub(crate) fn encode_output(
+    out: &mut Vec<u8>,
+    output: &impl Serialize,
+) -> Result<(), CodecFailure> {
+    crate::wire::push(out, output).map_err(CodecFailure::Encode)
+}
+
 fn trampoline<F: TaskFn<M>, M>(args: &[u8], out: &mut Vec<u8>) -> Result<(), CodecFailure> {
-    let args: F::Args =
-        rmp_serde::from_slice(args).map_err(|e| CodecFailure::Decode(e.to_string()))?;
-    let f = conjure::<F, M>();
-    let output = f.call(args);
-    crate::wire::push(out, &output).map_err(CodecFailure::Encode)
+    let args = decode_args(args)?;
+    let output = conjure::<F, M>().call(args);
+    encode_output(out, &output)
+}
+
+fn async_trampoline<F: AsyncTaskFn<M>, M>(
+    args: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CodecFailure> {
+    let args = decode_args(args)?;
+    const { assert_zero_sized::<F>() };
+    // SAFETY: as in `conjure`: `F` is zero-sized (checked above), `AsyncTaskFn` is sealed and
+    // implemented only for `Fn` types, whose zero-sized instances are function items and
+    // closures without data, so `zeroed` is their only value; `F: Copy`.
+    let f = unsafe { std::mem::zeroed::<F>() };
+    let output = async_io::block_on(f.call(args));
+    encode_output(out, &output)
 }
 
 /// Produces the value of a task function type out of nothing.
-fn conjure<F: TaskFn<M>, M>() -> F {
+pub(crate) fn conjure<F: TaskFn<M>, M>() -> F {
     const { assert_zero_sized::<F>() };
     // SAFETY: `F` is zero-sized (checked at compile time above), so it has no bytes and
     // `zeroed` is its only value. `TaskFn` is sealed and implemented only for `Fn` types; the
@@ -171,11 +249,21 @@ fn anchor_address() -> usize {
     anchor as fn() as usize
 }
 
-/// The address of `f`'s trampoline as an offset from the anchor.
+/// The address of `trampoline` as an offset from the anchor.
+pub(crate) fn entry_for(trampoline: Trampoline) -> u64 {
+    (trampoline as usize).wrapping_sub(anchor_address()) as u64
+}
+
+/// The entry of `F`'s trampoline.
 pub(crate) fn entry_of<F: TaskFn<M>, M>() -> u64 {
     const { assert_zero_sized::<F>() };
-    let target = trampoline::<F, M> as Trampoline as usize;
-    target.wrapping_sub(anchor_address()) as u64
+    entry_for(trampoline::<F, M>)
+}
+
+/// The entry of async `F`'s trampoline.
+pub(crate) fn entry_of_async<F: AsyncTaskFn<M>, M>() -> u64 {
+    const { assert_zero_sized::<F>() };
+    entry_for(async_trampoline::<F, M>)
 }
 
 /// [`entry_of`] for the type of `f`.

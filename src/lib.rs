@@ -56,8 +56,11 @@ mod default;
 mod driver;
 mod entry;
 mod error;
+mod executor;
 mod kill;
+mod map;
 mod pool;
+mod scope;
 mod state;
 mod task;
 mod wire;
@@ -66,9 +69,12 @@ mod worker;
 pub use crate::default::{
     default_pool, process_fn, set_default_pool, to_process, with_pool, ProcessFn,
 };
-pub use crate::entry::TaskFn;
+pub use crate::entry::{AsyncTaskFn, TaskFn};
 pub use crate::error::{Error, TaskError};
-pub use crate::pool::{PoolBuilder, ProcessPool};
+pub use crate::executor::{Executor, Isolated, MAX_PROCS_ENV, MAX_PROCS_LIMIT};
+pub use crate::map::{Map, MapUnordered};
+pub use crate::pool::{PoolBuilder, PoolStats, ProcessPool};
+pub use crate::scope::TaskScope;
 pub use crate::task::{ProcessTask, TaskBuilder, TaskInfo, TaskStatus};
 pub use crate::wire::MAX_FRAME_LEN;
 

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use async_channel::Sender;
 
 use crate::driver::{self, Job, PoolState};
-use crate::entry::{entry_of, func_name, TaskFn};
+use serde::Serialize;
+
+use crate::entry::{entry_of, entry_of_async, func_name, AsyncTaskFn, TaskFn};
 use crate::error::{Error, TaskError};
-use crate::state::{report_end, Completion, Shared, TaskOptions};
-use crate::task::{notify_end, ProcessTask, TaskBuilder};
+use crate::map::{Map, MapUnordered};
+use crate::state::{decode_value, report_end, Completion, Decoder, Shared, TaskOptions};
+use crate::task::{notify_end, ProcessTask, TaskBuilder, TaskInfo, TaskStatus};
 use crate::wire::{self, ToWorker};
 
 /// A pool of worker processes that run functions for async (or synchronous) code.
@@ -122,7 +125,121 @@ impl ProcessPool {
         F: TaskFn<M>,
     {
         let _ = f; // a task function carries no data; its type says everything
-        submit::<F, M>(Ok(self), &args, TaskOptions::default())
+        submit(
+            Ok(self),
+            call_of::<F, M>(TaskOptions::default()),
+            encode_args(&args),
+        )
+    }
+
+    /// Runs the async function `f(args)` in a worker process, on `async_io::block_on` there.
+    ///
+    /// Everything else is as for [`spawn`](ProcessPool::spawn); see [`AsyncTaskFn`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// async fn sum_after(a: u64, b: u64, ms: u64) -> u64 {
+    ///     async_io::Timer::after(std::time::Duration::from_millis(ms)).await;
+    ///     a + b
+    /// }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(1)?;
+    /// assert_eq!(pool.spawn_async(sum_after, (40, 2, 10)).await?, 42);
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn spawn_async<F, M>(&self, f: F, args: F::Args) -> ProcessTask<F::Output>
+    where
+        F: AsyncTaskFn<M>,
+    {
+        let _ = f;
+        submit(
+            Ok(self),
+            async_call_of::<F, M>(TaskOptions::default()),
+            encode_args(&args),
+        )
+    }
+
+    /// Runs `f` on every item, in worker processes; resolves to one result per item, in input
+    /// order.
+    ///
+    /// A failing item (panic, codec error, the death of its worker) fails alone: every other
+    /// item still gets its result. Items are sent in chunks whose size adapts to how long an
+    /// item takes, so tiny items are not dominated by the cost of a message each; chunking is
+    /// invisible in the results. At most two chunks per worker are in flight, so a long input
+    /// is read as the work progresses. Dropping the future cancels what is left.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn fib(n: u64) -> u64 { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(2)?;
+    /// let results = pool.map(fib, 0..30).await;
+    /// assert_eq!(results[10].as_ref().ok(), Some(&55));
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn map<F, M, I>(&self, f: F, items: I) -> Map<I::IntoIter, F::Output>
+    where
+        F: TaskFn<M>,
+        I: IntoIterator<Item = F::Args>,
+    {
+        Map::new(self.map_unordered(f, items))
+    }
+
+    /// Like [`map`](ProcessPool::map), as a [`Stream`](futures_lite::Stream) of
+    /// `(index, result)` pairs in the order the items finish.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// use futures_lite::StreamExt;
+    ///
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(2)?;
+    /// let mut results = pool.map_unordered(square, 0..100);
+    /// while let Some((index, result)) = results.next().await {
+    ///     assert_eq!(result?, (index * index) as u64);
+    /// }
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn map_unordered<F, M, I>(&self, f: F, items: I) -> MapUnordered<I::IntoIter, F::Output>
+    where
+        F: TaskFn<M>,
+        I: IntoIterator<Item = F::Args>,
+    {
+        let _ = f;
+        MapUnordered::new::<F, M>(self, items.into_iter())
+    }
+
+    /// [`map`](ProcessPool::map) for synchronous code: blocks the current thread until every
+    /// item has its result. Needs no runtime and does not deadlock.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = offload::ProcessPool::new(2)?;
+    /// let squares: Result<Vec<u64>, _> = pool.map_blocking(square, 1..=3).into_iter().collect();
+    /// assert_eq!(squares?, [1, 4, 9]);
+    /// # Ok::<(), offload::Error>(())
+    /// ```
+    pub fn map_blocking<F, M, I>(&self, f: F, items: I) -> Vec<Result<F::Output, TaskError>>
+    where
+        F: TaskFn<M>,
+        I: IntoIterator<Item = F::Args>,
+        I::IntoIter: Unpin,
+    {
+        futures_lite::future::block_on(self.map(f, items))
     }
 
     /// A [`TaskBuilder`] for `f`: set per-task options (timeout, cancel timeout, callbacks),
@@ -147,7 +264,7 @@ impl ProcessPool {
         F: TaskFn<M>,
     {
         let _ = f;
-        TaskBuilder::new(self.clone())
+        TaskBuilder::new(Ok(self.clone()))
     }
 
     /// Stops taking tasks, lets the queued and running ones finish, then stops the workers;
@@ -205,16 +322,116 @@ impl ProcessPool {
     pub fn is_closed(&self) -> bool {
         self.inner.jobs.is_closed()
     }
+
+    /// What the pool is doing right now, and has done.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = offload::ProcessPool::new(2)?;
+    /// pool.spawn(square, 3).wait()?;
+    /// let stats = pool.stats();
+    /// assert_eq!(stats.completed, 1);
+    /// println!("{stats:?}");
+    /// # Ok::<(), offload::Error>(())
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        let state = &self.inner.state;
+        let counters = &state.counters;
+        let workers = counters.workers.load(Ordering::Relaxed);
+        let busy = counters.busy.load(Ordering::Relaxed).min(workers);
+        PoolStats {
+            workers,
+            busy,
+            idle: workers - busy,
+            queued: state
+                .live()
+                .iter()
+                .filter(|task| task.info().status() == TaskStatus::Pending)
+                .count(),
+            completed: counters.completed.load(Ordering::Relaxed),
+            failed: counters.failed.load(Ordering::Relaxed),
+            cancelled: counters.cancelled.load(Ordering::Relaxed),
+            replaced: counters.replaced.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A snapshot of every task of this pool that is queued or running (or has just ended
+    /// and is being reported), in spawning order.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn spin() -> u64 { loop { std::hint::spin_loop() } }
+    ///
+    /// let pool = offload::ProcessPool::new(1)?;
+    /// let task = pool.spawn(spin, ());
+    /// for info in pool.tasks() {
+    ///     println!("{info:?}"); // <TaskInfo func='spin' status='running' pid=.. duration='n/a'>
+    /// }
+    /// # Ok::<(), offload::Error>(())
+    /// ```
+    pub fn tasks(&self) -> Vec<TaskInfo> {
+        let mut tasks: Vec<TaskInfo> = self
+            .inner
+            .state
+            .live()
+            .iter()
+            .map(|task| task.info())
+            .collect();
+        tasks.sort_by_key(TaskInfo::id);
+        tasks
+    }
 }
 
-/// Queues `F(args)` on `pool`, or returns the task already failed if that is impossible.
-pub(crate) fn submit<F: TaskFn<M>, M>(
+/// A call on its way to a pool: what to run in the worker, and how to read its result.
+pub(crate) struct Call<T> {
+    pub(crate) entry: u64,
+    pub(crate) func_name: &'static str,
+    pub(crate) decode: Decoder<T>,
+    pub(crate) options: TaskOptions,
+}
+
+/// A call of the task function `F`.
+pub(crate) fn call_of<F: TaskFn<M>, M>(options: TaskOptions) -> Call<F::Output> {
+    Call {
+        entry: entry_of::<F, M>(),
+        func_name: func_name::<F>(),
+        decode: decode_value::<F::Output>,
+        options,
+    }
+}
+
+/// A call of the async task function `F`.
+pub(crate) fn async_call_of<F: AsyncTaskFn<M>, M>(options: TaskOptions) -> Call<F::Output> {
+    Call {
+        entry: entry_of_async::<F, M>(),
+        func_name: func_name::<F>(),
+        decode: decode_value::<F::Output>,
+        options,
+    }
+}
+
+/// Writes `args` as the payload of a `Run` frame.
+pub(crate) fn encode_args<A: Serialize>(
+    args: &A,
+) -> impl FnOnce(&mut Vec<u8>) -> Result<(), String> + '_ {
+    move |frame| wire::push(frame, args)
+}
+
+/// Queues `call` on `pool`, with the payload `write_payload` appends to the frame, or returns
+/// the task already failed if that is impossible.
+pub(crate) fn submit<T: Send + 'static>(
     pool: Result<&ProcessPool, TaskError>,
-    args: &F::Args,
-    options: TaskOptions,
-) -> ProcessTask<F::Output> {
+    call: Call<T>,
+    write_payload: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) -> ProcessTask<T> {
     let id = next_task_id();
-    let shared = Arc::new(Shared::<F::Output>::new(id, func_name::<F>(), options));
+    let shared = Arc::new(Shared::new(id, call.func_name, call.decode, call.options));
     let completion: Arc<dyn Completion> = shared.clone();
     let pool = match pool {
         Ok(pool) => pool,
@@ -229,14 +446,21 @@ pub(crate) fn submit<F: TaskFn<M>, M>(
         shared.clone(),
         Some((completion.clone(), state.notices().clone())),
     );
-    let frame = match run_frame::<F, M>(id, args) {
-        Ok(frame) => frame,
-        Err(msg) => {
-            shared.finish(Err(TaskError::Encode(format!("arguments: {msg}"))));
-            notify_end(&completion, state.notices());
-            return task;
-        }
-    };
+    let mut frame = Vec::with_capacity(64);
+    let encoded = wire::begin(
+        &mut frame,
+        &ToWorker::Run {
+            id,
+            entry: call.entry,
+        },
+    )
+    .and_then(|()| write_payload(&mut frame))
+    .and_then(|()| wire::finish(&mut frame));
+    if let Err(msg) = encoded {
+        shared.finish(Err(TaskError::Encode(format!("arguments: {msg}"))));
+        notify_end(&completion, state.notices());
+        return task;
+    }
     state.register(completion.clone());
     let job = Job {
         id,
@@ -251,14 +475,33 @@ pub(crate) fn submit<F: TaskFn<M>, M>(
     task
 }
 
-/// The complete `Run` frame for `F(args)`.
-fn run_frame<F: TaskFn<M>, M>(id: u64, args: &F::Args) -> Result<Vec<u8>, String> {
-    let mut frame = Vec::with_capacity(64);
-    let entry = entry_of::<F, M>();
-    wire::begin(&mut frame, &ToWorker::Run { id, entry })?;
-    wire::push(&mut frame, args)?;
-    wire::finish(&mut frame)?;
-    Ok(frame)
+/// A snapshot of a pool's activity, from [`ProcessPool::stats`].
+///
+/// # Examples
+///
+/// ```
+/// let stats = offload::PoolStats::default();
+/// assert_eq!(stats.workers, stats.busy + stats.idle);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Worker processes ready to serve (not counting ones starting up or being stopped).
+    pub workers: usize,
+    /// Workers running a task.
+    pub busy: usize,
+    /// Workers waiting for a task.
+    pub idle: usize,
+    /// Tasks waiting for a worker.
+    pub queued: usize,
+    /// Tasks that returned a value.
+    pub completed: u64,
+    /// Tasks that failed (panic, worker death, timeout, codec, protocol, spawn).
+    pub failed: u64,
+    /// Tasks that were cancelled.
+    pub cancelled: u64,
+    /// Workers started in place of one that exited, died, was stopped or retired.
+    pub replaced: u64,
 }
 
 impl fmt::Debug for ProcessPool {
@@ -281,6 +524,9 @@ impl fmt::Debug for ProcessPool {
 #[derive(Debug, Clone, Default)]
 pub struct PoolBuilder {
     workers: Option<usize>,
+    max_tasks_per_worker: Option<usize>,
+    /// Start workers only for waiting tasks (what `Isolated` needs).
+    on_demand: bool,
 }
 
 impl PoolBuilder {
@@ -298,6 +544,24 @@ impl PoolBuilder {
         self
     }
 
+    /// Replaces each worker with a fresh process after it has run `tasks` tasks, so that
+    /// leaks and state in user code cannot pile up (pebble's `max_tasks`, Python's
+    /// `max_tasks_per_child`). The worker finishes its last task, exits, and a replacement
+    /// takes its place.
+    ///
+    /// The default value of this option is no limit. Zero is refused by
+    /// [`build`](PoolBuilder::build).
+    pub fn max_tasks_per_worker(&mut self, tasks: usize) -> &mut PoolBuilder {
+        self.max_tasks_per_worker = Some(tasks);
+        self
+    }
+
+    /// Starts workers only when tasks wait for them.
+    pub(crate) fn on_demand(&mut self) -> &mut PoolBuilder {
+        self.on_demand = true;
+        self
+    }
+
     /// Starts the pool's driver thread and its worker processes.
     ///
     /// Returns once every worker process has been started; their start-up handshakes finish
@@ -305,7 +569,7 @@ impl PoolBuilder {
     ///
     /// # Errors
     ///
-    /// - [`Error::Config`] for zero workers;
+    /// - [`Error::Config`] for zero workers or zero tasks per worker;
     /// - [`Error::Spawn`] if the driver thread or a worker process cannot be started;
     /// - [`Error::NotInitialized`] in a process that was started as a worker but did not call
     ///   [`init`](crate::init) first in `main` (it would otherwise start workers without end).
@@ -315,10 +579,19 @@ impl PoolBuilder {
         }
         let workers = match self.workers {
             Some(0) => return Err(Error::Config("a pool needs at least one worker".into())),
+            Some(_) if self.max_tasks_per_worker == Some(0) => {
+                return Err(Error::Config(
+                    "a worker must be allowed at least one task".into(),
+                ))
+            }
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let (jobs, state) = driver::start(workers)?;
+        let (jobs, state) = driver::start(driver::Options {
+            workers,
+            max_tasks_per_worker: self.max_tasks_per_worker,
+            on_demand: self.on_demand,
+        })?;
         Ok(ProcessPool {
             inner: Arc::new(Inner {
                 jobs,

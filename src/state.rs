@@ -12,6 +12,14 @@ use serde::de::DeserializeOwned;
 use crate::error::TaskError;
 use crate::task::{Meta, TaskInfo, TaskStatus};
 
+/// Turns the payload of a worker's `Done` reply into a task's value.
+pub(crate) type Decoder<T> = fn(&[u8]) -> Result<T, String>;
+
+/// The decoder for a value encoded as one rmp-serde message.
+pub(crate) fn decode_value<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(payload).map_err(|e| e.to_string())
+}
+
 /// A task callback: runs on the pool's driver thread with a snapshot of the task.
 pub(crate) type Callback = Arc<dyn Fn(&TaskInfo) + Send + Sync>;
 
@@ -124,6 +132,7 @@ pub(crate) async fn finished(task: &dyn Completion) {
 pub(crate) struct Shared<T> {
     id: u64,
     func_name: &'static str,
+    decode: Decoder<T>,
     submitted_at: Instant,
     options: TaskOptions,
     state: Mutex<State<T>>,
@@ -143,10 +152,16 @@ struct State<T> {
 }
 
 impl<T> Shared<T> {
-    pub(crate) fn new(id: u64, func_name: &'static str, options: TaskOptions) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        func_name: &'static str,
+        decode: Decoder<T>,
+        options: TaskOptions,
+    ) -> Self {
         Shared {
             id,
             func_name,
+            decode,
             submitted_at: Instant::now(),
             options,
             state: Mutex::new(State {
@@ -251,7 +266,7 @@ impl<T> Shared<T> {
     }
 }
 
-impl<T: DeserializeOwned + Send> Completion for Shared<T> {
+impl<T: Send> Completion for Shared<T> {
     fn id(&self) -> u64 {
         self.id
     }
@@ -276,7 +291,7 @@ impl<T: DeserializeOwned + Send> Completion for Shared<T> {
     }
 
     fn succeed(&self, payload: &[u8]) {
-        let outcome = rmp_serde::from_slice(payload)
+        let outcome = (self.decode)(payload)
             .map_err(|e| TaskError::Decode(format!("result of `{}`: {e}", self.func_name)));
         self.finish(outcome);
     }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::entry::TaskFn;
 use crate::error::TaskError;
-use crate::pool::{submit, ProcessPool};
+#[cfg(doc)]
+use crate::executor::Executor;
+use crate::pool::{call_of, encode_args, submit, ProcessPool};
 use crate::state::{report_end, Completion, EndNotices, Shared, TaskOptions};
 
 /// Where a task is in its life.
@@ -501,7 +503,7 @@ impl<T> fmt::Debug for ProcessTask<T> {
     }
 }
 
-/// Per-task options: build one with [`ProcessPool::task`], set options, then
+/// Per-task options: build one with [`ProcessPool::task`] (or [`Executor::task`]), set options, then
 /// [`spawn`](TaskBuilder::spawn) (as many tasks as wanted, all with the same options).
 ///
 /// # Examples
@@ -527,13 +529,14 @@ impl<T> fmt::Debug for ProcessTask<T> {
 /// # Ok::<(), offload::Error>(()) }).unwrap();
 /// ```
 pub struct TaskBuilder<F, M> {
-    pool: ProcessPool,
+    /// Where tasks go; the error tasks fail with if there is nowhere to go.
+    pool: Result<ProcessPool, TaskError>,
     options: TaskOptions,
     marker: PhantomData<fn(F) -> M>,
 }
 
 impl<F: TaskFn<M>, M> TaskBuilder<F, M> {
-    pub(crate) fn new(pool: ProcessPool) -> Self {
+    pub(crate) fn new(pool: Result<ProcessPool, TaskError>) -> Self {
         TaskBuilder {
             pool,
             options: TaskOptions::default(),
@@ -596,7 +599,11 @@ impl<F: TaskFn<M>, M> TaskBuilder<F, M> {
 
     /// Spawns `f(args)` with these options; see [`ProcessPool::spawn`].
     pub fn spawn(&self, args: F::Args) -> ProcessTask<F::Output> {
-        submit::<F, M>(Ok(&self.pool), &args, self.options.clone())
+        submit(
+            self.pool.as_ref().map_err(Clone::clone),
+            call_of::<F, M>(self.options.clone()),
+            encode_args(&args),
+        )
     }
 }
 
@@ -616,7 +623,12 @@ mod tests {
     use crate::state::Completion;
 
     fn task() -> (Arc<Shared<u64>>, ProcessTask<u64>) {
-        let shared = Arc::new(Shared::new(1, "fib", TaskOptions::default()));
+        let shared = Arc::new(Shared::new(
+            1,
+            "fib",
+            crate::state::decode_value,
+            TaskOptions::default(),
+        ));
         (shared.clone(), ProcessTask::new(shared, None))
     }
 

@@ -189,6 +189,21 @@ fn install_panic_hook() {
     }));
 }
 
+/// A panic caught inside a task.
+pub(crate) struct Panic {
+    pub(crate) message: String,
+    pub(crate) location: Option<String>,
+}
+
+/// Runs one task call, turning a panic into data. Must run inside [`run`], where the panic
+/// hook records locations.
+pub(crate) fn catch<R>(call: impl FnOnce() -> R) -> Result<R, Panic> {
+    panic::catch_unwind(AssertUnwindSafe(call)).map_err(|payload| Panic {
+        message: panic_message(&*payload),
+        location: PANIC_LOCATION.with(|slot| slot.borrow_mut().take()),
+    })
+}
+
 /// Runs task `id` and leaves the complete reply frame in `reply`.
 fn run(id: u64, entry: u64, args: &[u8], reply: &mut Vec<u8>) {
     // SAFETY: the parent passed the handshake, so it runs this very executable file and
@@ -198,7 +213,7 @@ fn run(id: u64, entry: u64, args: &[u8], reply: &mut Vec<u8>) {
     // Headers always encode.
     let _ = wire::begin(reply, &header);
     IN_TASK.with(|flag| flag.set(true));
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| trampoline(args, reply)));
+    let outcome = catch(|| trampoline(args, reply));
     IN_TASK.with(|flag| flag.set(false));
     let failure = match outcome {
         Ok(Ok(())) => match wire::finish(reply) {
@@ -209,10 +224,10 @@ fn run(id: u64, entry: u64, args: &[u8], reply: &mut Vec<u8>) {
             },
         },
         Ok(Err(error)) => FromWorker::Failed { id, error },
-        Err(payload) => FromWorker::Panicked {
+        Err(Panic { message, location }) => FromWorker::Panicked {
             id,
-            message: panic_message(&*payload),
-            location: PANIC_LOCATION.with(|slot| slot.borrow_mut().take()),
+            message,
+            location,
         },
     };
     *reply = wire::frame(&failure);
