@@ -209,6 +209,8 @@ impl EncodedItems {
     fn split(self) -> impl Iterator<Item = EncodedItems> {
         let bytes = self.bytes;
         self.segments.into_iter().map(move |range| EncodedItems {
+            // One item: one segment, not a range of items.
+            #[allow(clippy::single_range_in_vec_init)]
             segments: vec![0..range.len()],
             bytes: bytes[range].to_vec(),
         })
