@@ -32,6 +32,7 @@ use crate::error::{Error, TaskError};
 use crate::kill::{self, Pidfd};
 use crate::state::{finished, report_end, report_start, Completion, EndNotices};
 use crate::task::TaskStatus;
+use crate::trace;
 use crate::wire::{self, CodecFailure, FromWorker, ToWorker};
 
 /// How long a new worker may take to answer the handshake before it is killed.
@@ -314,7 +315,12 @@ async fn run(
             Event::Stop(Stopping::Task { worker, task }) => {
                 let state = state.clone();
                 work.push(Box::pin(async move {
-                    worker.stop(task.options().cancel_timeout).await;
+                    worker
+                        .stop(
+                            task.options().cancel_timeout,
+                            "its task was cancelled or timed out",
+                        )
+                        .await;
                     task.settle();
                     state.ended(&*task);
                     Finished::Stopped
@@ -365,6 +371,7 @@ async fn slot(driver: Rc<Driver>, first: Option<Process>, queue: Receiver<Job>) 
                 failures = 0;
                 if replacing {
                     counters.replaced.fetch_add(1, Ordering::Relaxed);
+                    trace::worker_replaced(worker.pid);
                 }
                 match serve(&driver, worker, &queue, &mut waiting).await {
                     End::QueueClosed => return Finished::Slot,
@@ -470,7 +477,7 @@ async fn serve(
                 return End::Replace;
             }
             Idle::Worker(Ok(_)) => {
-                worker.stop(Duration::ZERO).await;
+                worker.stop(Duration::ZERO, "it wrote while idle").await;
                 return End::Replace;
             }
         };
@@ -535,7 +542,7 @@ async fn run_job(driver: &Driver, mut worker: Worker, job: Job) -> Option<Worker
             return None;
         }
         Step::Reply(Err(Lost::Broken(msg))) => {
-            worker.stop(Duration::ZERO).await;
+            worker.stop(Duration::ZERO, "it broke the protocol").await;
             task.fail(TaskError::Protocol(msg));
             task.settle();
             driver.state.ended(&*task);
@@ -632,7 +639,7 @@ impl Process {
                 ),
             ),
         };
-        worker.stop(Duration::ZERO).await;
+        worker.stop(Duration::ZERO, "it failed the handshake").await;
         Err(err)
     }
 }
@@ -742,7 +749,8 @@ impl Worker {
     }
 
     /// Stops the worker (`SIGTERM`, `grace`, `SIGKILL`) and reaps it.
-    async fn stop(mut self, grace: Duration) {
+    async fn stop(mut self, grace: Duration, reason: &str) {
+        trace::worker_stopped(self.pid, reason);
         drop(self.input);
         kill::stop(&mut self.child, &self.pidfd, grace).await;
     }

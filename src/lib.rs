@@ -41,6 +41,11 @@
 //!   stdin closes, and on Linux they are killed when the parent dies (`PR_SET_PDEATHSIG`).
 //! - async-process starts its own reaper thread, named `async-process`, on first use.
 //!
+//! # Features
+//!
+//! - `tracing`: a `tracing` span per task (`id`, `func`, `pid`) and events for spawn, start,
+//!   finish, worker stops and worker replacements.
+//!
 //! # Caveats
 //!
 //! - [`init`] must be the first call in `main`: everything before it also runs in every worker.
@@ -63,6 +68,7 @@ mod pool;
 mod scope;
 mod state;
 mod task;
+mod trace;
 mod wire;
 mod worker;
 

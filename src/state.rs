@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::TaskError;
 use crate::task::{Meta, TaskInfo, TaskStatus};
+use crate::trace::TaskSpan;
 
 /// Turns the payload of a worker's `Done` reply into a task's value.
 pub(crate) type Decoder<T> = fn(&[u8]) -> Result<T, String>;
@@ -75,11 +76,15 @@ pub(crate) trait Completion: Send + Sync {
     fn take_start_report(&self) -> bool;
     /// Returns `true` once: whether the end is still to be reported.
     fn take_end_report(&self) -> bool;
+    fn span(&self) -> &TaskSpan;
 }
 
 /// Runs `on_start` for a task that just started.
 pub(crate) fn report_start(task: &dyn Completion) {
     if task.take_start_report() {
+        if let Some(pid) = task.info().pid() {
+            task.span().started(pid);
+        }
         if let Some(callback) = &task.options().on_start {
             run_callback("on_start", callback, task);
         }
@@ -92,6 +97,8 @@ pub(crate) fn report_end(task: &dyn Completion) {
         return;
     }
     let options = task.options();
+    #[cfg(feature = "tracing")]
+    task.span().finished(&task.info());
     let callback = match task.info().status() {
         TaskStatus::Done => (&options.on_done, "on_done"),
         _ => (&options.on_error, "on_error"),
@@ -133,6 +140,7 @@ pub(crate) struct Shared<T> {
     id: u64,
     func_name: &'static str,
     decode: Decoder<T>,
+    span: TaskSpan,
     submitted_at: Instant,
     options: TaskOptions,
     state: Mutex<State<T>>,
@@ -162,6 +170,7 @@ impl<T> Shared<T> {
             id,
             func_name,
             decode,
+            span: TaskSpan::spawned(id, func_name),
             submitted_at: Instant::now(),
             options,
             state: Mutex::new(State {
@@ -323,5 +332,9 @@ impl<T: Send> Completion for Shared<T> {
 
     fn take_end_report(&self) -> bool {
         !std::mem::replace(&mut self.lock().end_reported, true)
+    }
+
+    fn span(&self) -> &TaskSpan {
+        &self.span
     }
 }

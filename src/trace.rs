@@ -1,0 +1,66 @@
+//! What the optional `tracing` feature reports: a span per task (`id`, `func`, `pid`) and
+//! events for spawn, start, finish, worker stops and worker replacements. Without the feature
+//! everything here compiles to nothing.
+
+#[cfg(feature = "tracing")]
+use crate::task::TaskInfo;
+
+/// The span of one task.
+pub(crate) struct TaskSpan {
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
+}
+
+impl TaskSpan {
+    /// Opens the span of a task being spawned, and reports the spawn.
+    pub(crate) fn spawned(id: u64, func: &'static str) -> TaskSpan {
+        #[cfg(feature = "tracing")]
+        {
+            let span = tracing::info_span!("offload_task", id, func, pid = tracing::field::Empty);
+            span.in_scope(|| tracing::debug!("task spawned"));
+            TaskSpan { span }
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            let _ = (id, func);
+            TaskSpan {}
+        }
+    }
+
+    /// The task was sent to worker `pid`.
+    pub(crate) fn started(&self, pid: u32) {
+        #[cfg(feature = "tracing")]
+        {
+            self.span.record("pid", pid);
+            self.span.in_scope(|| tracing::debug!(pid, "task started"));
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = pid;
+    }
+
+    /// The task ended as `info` says.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn finished(&self, info: &TaskInfo) {
+        let status = info.status().as_str();
+        self.span.in_scope(|| match info.error() {
+            None => tracing::debug!(status, duration = ?info.duration(), "task finished"),
+            Some(error) => tracing::debug!(status, %error, "task finished"),
+        });
+    }
+}
+
+/// A worker is being stopped (`SIGTERM`, grace, `SIGKILL`) for `reason`.
+pub(crate) fn worker_stopped(pid: u32, reason: &str) {
+    #[cfg(feature = "tracing")]
+    tracing::debug!(pid, reason, "offload worker stopped");
+    #[cfg(not(feature = "tracing"))]
+    let _ = (pid, reason);
+}
+
+/// Worker `pid` took the place of one that exited, died, was stopped or retired.
+pub(crate) fn worker_replaced(pid: u32) {
+    #[cfg(feature = "tracing")]
+    tracing::debug!(pid, "offload worker replaced");
+    #[cfg(not(feature = "tracing"))]
+    let _ = pid;
+}
