@@ -1,15 +1,25 @@
 //! Run with: `cargo bench --bench overhead`
 //!
-//! Prints, in one run and side by side, the figures that bound what a process pool costs:
-//! a raw pipe ping-pong with a child process (the floor), offload's trivial-task round trip
-//! under smol and under Tokio, the cold start of a pool of two workers, and how long a cancel
-//! takes to free the CPU and to have a replacement worker serving.
+//! Prints, in one run and side by side, what offload costs next to what the operating system
+//! allows, on a pool of 2 workers (docs/performance.md explains each figure):
+//!
+//! 1. raw pipe ping-pong with a child process, same CPU and across CPUs (the floor);
+//! 2. offload's trivial-task round trip under smol and Tokio, and the ratio to (1);
+//! 3. trivial tasks per second, spawned one by one and through `map`;
+//! 4. a 16 MiB `serde_bytes` echo against a raw pipe echo of the same buffer;
+//! 5. cold start of a pool of 2 and its first result;
+//! 6. cancel of a spinning task: until the worker is reaped, until a replacement served;
+//! 7. CPU speedup of 8 × 250 ms of compute on 2 workers against sequential;
+//! 8. lag of a 1 ms async ticker while the workers compute;
+//! 9. parent memory per queued task, with 100,000 tasks queued at once.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use offload::ProcessPool;
+use serde_bytes::ByteBuf;
 
 /// Round trips per measured series.
 const ROUND_TRIPS: usize = 20_000;
@@ -17,6 +27,10 @@ const ROUND_TRIPS: usize = 20_000;
 const COLD_STARTS: usize = 50;
 /// Cancels measured.
 const CANCELS: usize = 100;
+/// Size of the echoed buffer.
+const ECHO_BYTES: usize = 16 << 20;
+/// Echoes measured.
+const ECHOES: usize = 10;
 
 fn trivial(x: u64) -> u64 {
     x + 1
@@ -28,10 +42,46 @@ fn spin() -> u64 {
     }
 }
 
-/// The child side of the raw ping-pong: echo 16-byte messages until stdin closes.
-fn raw_echo() -> ! {
+fn echo(bytes: ByteBuf) -> ByteBuf {
+    bytes
+}
+
+/// A fixed amount of CPU work: `rounds` of a xorshift step.
+fn work(rounds: u64) -> u64 {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    x
+}
+
+/// Waits until `path` exists.
+fn wait_for(path: PathBuf) -> u64 {
+    while !path.exists() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    0
+}
+
+/// Pins the calling thread (0 = this one) or process to `cpu`, or frees it with `None`.
+fn pin(cpu: Option<usize>) {
+    let mut set = rustix::thread::CpuSet::new();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match cpu {
+        Some(cpu) => set.set(cpu % cpus),
+        None => (0..cpus).for_each(|c| set.set(c)),
+    }
+    let _ = rustix::thread::sched_setaffinity(None, &set);
+}
+
+/// The child side of the raw measurements: pinned to `cpu`, echo 16-byte messages, or one
+/// whole buffer at a time for `--raw-echo-bulk`.
+fn raw_echo(cpu: usize, bulk: bool) -> ! {
+    pin(Some(cpu));
     let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
-    let mut msg = [0u8; 16];
+    let mut msg = vec![0u8; if bulk { ECHO_BYTES } else { 16 }];
     while input.read_exact(&mut msg).is_ok() {
         output.write_all(&msg).unwrap();
         output.flush().unwrap();
@@ -50,13 +100,28 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn raw_pipe_round_trips() -> Vec<Duration> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .arg("--raw-echo")
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A raw child for `raw_echo`, with this thread pinned to CPU 0 and the child to `child_cpu`.
+fn raw_child(child_cpu: usize, bulk: bool) -> std::process::Child {
+    let mode = if bulk {
+        "--raw-echo-bulk"
+    } else {
+        "--raw-echo"
+    };
+    Command::new(std::env::current_exe().unwrap())
+        .args([mode, &child_cpu.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+fn raw_pipe_round_trips(child_cpu: usize) -> Vec<Duration> {
+    pin(Some(0));
+    let mut child = raw_child(child_cpu, false);
     let (mut to, mut from) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
     let mut msg = [7u8; 16];
     let mut samples = Vec::with_capacity(ROUND_TRIPS);
@@ -68,6 +133,27 @@ fn raw_pipe_round_trips() -> Vec<Duration> {
     }
     drop(to);
     child.wait().unwrap();
+    pin(None);
+    samples
+}
+
+fn raw_pipe_echoes(data: &[u8]) -> Vec<Duration> {
+    pin(Some(0));
+    let mut child = raw_child(1, true);
+    let (mut to, mut from) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let mut back = vec![0u8; data.len()];
+    let mut samples = Vec::with_capacity(ECHOES);
+    for _ in 0..ECHOES {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| to.write_all(data).unwrap());
+            from.read_exact(&mut back).unwrap();
+        });
+        samples.push(start.elapsed());
+    }
+    drop(to);
+    child.wait().unwrap();
+    pin(None);
     samples
 }
 
@@ -80,6 +166,19 @@ async fn offload_round_trips(pool: &ProcessPool) -> Vec<Duration> {
         assert_eq!(v, i + 1);
     }
     samples
+}
+
+fn offload_echoes(pool: &ProcessPool, data: &[u8]) -> Vec<Duration> {
+    (0..ECHOES)
+        .map(|_| {
+            let buffer = ByteBuf::from(data.to_vec()); // the copy is the caller's, not timed
+            let start = Instant::now();
+            let back = pool.spawn(echo, buffer).wait().unwrap();
+            let elapsed = start.elapsed();
+            assert_eq!(back.len(), data.len());
+            elapsed
+        })
+        .collect()
 }
 
 fn cold_starts() -> Vec<Duration> {
@@ -134,70 +233,161 @@ fn throughput(pool: &ProcessPool) -> (f64, f64) {
     (spawned, mapped)
 }
 
+/// Rounds of `work` that take about 250 ms here.
+fn calibrate() -> u64 {
+    let rounds = 10_000_000;
+    let start = Instant::now();
+    std::hint::black_box(work(rounds));
+    let per_round = start.elapsed().as_secs_f64() / rounds as f64;
+    (0.25 / per_round) as u64
+}
+
+/// Sequential time and pool time of 8 × `rounds` of work, and the lags of a 1 ms ticker that
+/// runs on the caller's async loop while the pool computes.
+fn speedup(pool: &ProcessPool, rounds: u64) -> (Duration, Duration, Vec<Duration>) {
+    let start = Instant::now();
+    for _ in 0..8 {
+        std::hint::black_box(work(rounds));
+    }
+    let sequential = start.elapsed();
+    let lags = std::cell::RefCell::new(Vec::new());
+    let parallel = smol::block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..8).map(|_| pool.spawn(work, rounds)).collect();
+        let ticker = async {
+            loop {
+                let due = Instant::now() + Duration::from_millis(1);
+                async_io::Timer::at(due).await;
+                lags.borrow_mut()
+                    .push(Instant::now().saturating_duration_since(due));
+            }
+        };
+        let work = async {
+            for task in tasks {
+                task.await.unwrap();
+            }
+            start.elapsed()
+        };
+        futures_lite::future::or(work, ticker).await
+    });
+    (sequential, parallel, lags.into_inner())
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split(' ').nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// Parent memory per queued task, with 100,000 queued behind a blocked worker.
+fn memory_per_queued_task() -> f64 {
+    const QUEUED: usize = 100_000;
+    let pool = ProcessPool::new(1).unwrap();
+    let go = std::env::temp_dir().join(format!("offload-bench-{}", std::process::id()));
+    let blocker = pool.spawn(wait_for, go.clone());
+    while blocker.status() != "running" {
+        std::thread::yield_now();
+    }
+    let before = rss();
+    let tasks: Vec<_> = (0..QUEUED as u64).map(|i| pool.spawn(trivial, i)).collect();
+    let per_task = (rss() - before) as f64 / QUEUED as f64;
+    assert_eq!(pool.stats().queued, QUEUED);
+    std::fs::write(&go, b"").unwrap();
+    for task in tasks {
+        task.wait().unwrap();
+    }
+    let _ = std::fs::remove_file(go);
+    per_task
+}
+
 fn main() {
     offload::init();
-    if std::env::args().nth(1).as_deref() == Some("--raw-echo") {
-        raw_echo();
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--raw-echo") => raw_echo(args[2].parse().unwrap(), false),
+        Some("--raw-echo-bulk") => raw_echo(args[2].parse().unwrap(), true),
+        _ => {} // `cargo bench` passes `--bench`
     }
-    // `cargo bench` passes `--bench`; nothing else is accepted.
     let pool = ProcessPool::new(2).unwrap();
     pool.spawn(trivial, 0).wait().unwrap(); // workers are ready
 
-    let (raw50, raw99) = percentiles(&mut raw_pipe_round_trips());
+    let (same50, same99) = percentiles(&mut raw_pipe_round_trips(0));
+    let (cross50, cross99) = percentiles(&mut raw_pipe_round_trips(1));
     let (smol50, smol99) = percentiles(&mut smol::block_on(offload_round_trips(&pool)));
     let tokio_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let (tokio50, tokio99) = percentiles(&mut tokio_rt.block_on(offload_round_trips(&pool)));
-    let (wait50, wait99) = percentiles(
-        &mut (0..ROUND_TRIPS as u64)
-            .map(|i| {
-                let start = Instant::now();
-                pool.spawn(trivial, i).wait().unwrap();
-                start.elapsed()
-            })
-            .collect::<Vec<_>>(),
-    );
+    let data: Vec<u8> = (0..ECHO_BYTES).map(|i| (i * 7 % 251) as u8).collect();
+    let (raw_echo50, _) = percentiles(&mut raw_pipe_echoes(&data));
+    let (echo50, _) = percentiles(&mut offload_echoes(&pool, &data));
     let (cold50, cold99) = percentiles(&mut cold_starts());
     let (mut reaped, mut replaced) = cancels();
-    let (spawned_per_s, mapped_per_s) = throughput(&pool);
     let (reaped50, reaped99) = percentiles(&mut reaped);
     let (replaced50, replaced99) = percentiles(&mut replaced);
+    let rounds = calibrate();
+    let (sequential, parallel, mut lags) = speedup(&pool, rounds);
+    let lag_max = lags.iter().max().copied().unwrap_or_default();
+    let (_, lag99) = percentiles(&mut lags);
+    let per_queued = memory_per_queued_task();
+    let (spawned_per_s, mapped_per_s) = throughput(&pool);
 
-    println!("figure                                   p50          p99   ratio to raw p50");
+    let mb_per_s = |d: Duration| ECHO_BYTES as f64 / d.as_secs_f64() / 1e6;
+    println!("figure (2 workers)                         p50           p99   ratio");
     println!(
-        "raw pipe ping-pong, 16 B            {:>8.1} µs  {:>8.1} µs",
-        micros(raw50),
-        micros(raw99)
+        "1. raw pipe ping-pong, same CPU        {:>9.1} µs  {:>9.1} µs",
+        micros(same50),
+        micros(same99)
+    );
+    println!(
+        "1. raw pipe ping-pong, across CPUs     {:>9.1} µs  {:>9.1} µs",
+        micros(cross50),
+        micros(cross99)
     );
     for (name, p50, p99) in [
-        ("offload round trip, smol", smol50, smol99),
-        ("offload round trip, tokio", tokio50, tokio99),
-        ("offload round trip, wait()", wait50, wait99),
+        ("2. trivial round trip, smol", smol50, smol99),
+        ("2. trivial round trip, Tokio", tokio50, tokio99),
     ] {
         println!(
-            "{name:<34}  {:>8.1} µs  {:>8.1} µs   {:>5.1}x",
+            "{name:<37}  {:>9.1} µs  {:>9.1} µs   {:.1}× same-CPU, {:.2}× cross-CPU raw",
             micros(p50),
             micros(p99),
-            p50.as_secs_f64() / raw50.as_secs_f64()
+            p50.as_secs_f64() / same50.as_secs_f64(),
+            p50.as_secs_f64() / cross50.as_secs_f64(),
         );
     }
-    println!("trivial tasks, spawned one by one      {spawned_per_s:>10.0} /s");
-    println!("trivial items through map              {mapped_per_s:>10.0} /s");
+    println!("3. trivial tasks spawned one by one     {spawned_per_s:>9.0} /s");
+    println!("3. trivial items through map            {mapped_per_s:>9.0} /s");
+    println!(
+        "4. 16 MiB echo: raw pipe {:>7.0} MB/s, offload {:>7.0} MB/s   {:.0} %",
+        mb_per_s(raw_echo50),
+        mb_per_s(echo50),
+        100.0 * raw_echo50.as_secs_f64() / echo50.as_secs_f64()
+    );
     for (name, p50, p99) in [
-        ("cold start: pool of 2 + first result", cold50, cold99),
-        ("cancel of a spinning task → reaped", reaped50, reaped99),
-        (
-            "cancel → a replacement served a task",
-            replaced50,
-            replaced99,
-        ),
+        ("5. cold start: pool of 2 + result", cold50, cold99),
+        ("6. cancel → worker reaped", reaped50, reaped99),
+        ("6. cancel → a replacement served", replaced50, replaced99),
     ] {
         println!(
-            "{name:<37} {:>8.2} ms  {:>8.2} ms",
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
+            "{name:<37}  {:>9.2} ms  {:>9.2} ms",
+            millis(p50),
+            millis(p99)
         );
     }
+    println!(
+        "7. 8 × 250 ms of work: sequential {:.0} ms, pool {:.0} ms   speedup {:.2}",
+        millis(sequential),
+        millis(parallel),
+        sequential.as_secs_f64() / parallel.as_secs_f64()
+    );
+    println!(
+        "8. 1 ms ticker lag while computing: max {:.2} ms, p99 {:.2} ms ({} ticks)",
+        millis(lag_max),
+        millis(lag99),
+        lags.len()
+    );
+    println!("9. parent memory per queued task        {per_queued:>9.0} bytes");
 }

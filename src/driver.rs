@@ -605,6 +605,8 @@ impl Process {
         let missing = || io::Error::other("worker pipes were not created");
         let input = child.stdin.take().ok_or_else(missing)?;
         let output = child.stdout.take().ok_or_else(missing)?;
+        widen_pipe(&input);
+        widen_pipe(&output);
         Ok(Process {
             child,
             pidfd,
@@ -642,6 +644,25 @@ impl Process {
         worker.stop(Duration::ZERO, "it failed the handshake").await;
         Err(err)
     }
+}
+
+/// The pipe buffer asked for: large payloads then cross in a few big copies instead of many
+/// 64 KiB ones (which cost a wake-up each), measured in docs/performance.md.
+const PIPE_BUFFER: usize = 1 << 20;
+
+/// Grows a pipe's buffer towards [`PIPE_BUFFER`], as far as the system allows; a refusal
+/// only costs speed.
+fn widen_pipe(pipe: &impl std::os::fd::AsFd) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(PIPE_BUFFER);
+        let _ = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_BUFFER.min(max));
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = pipe;
 }
 
 /// The usual cause of a worker that does not speak the protocol.

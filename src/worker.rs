@@ -7,11 +7,17 @@ use std::io::{self, BufReader, Write};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use rustix::event::{PollFd, PollFlags};
+
 use crate::entry::{self, build_id};
 use crate::wire::{self, CodecFailure, FromWorker, ToWorker};
 
 /// The argument that makes a process an offload worker (as its only argument).
 pub(crate) const WORKER_FLAG: &str = "--worker";
+
+/// How long an idle worker polls for its next task before it sleeps, yielding its CPU in
+/// between (docs/performance.md has the before and after).
+const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Size of the buffer in front of the protocol input.
 const READ_BUFFER: usize = 64 * 1024;
@@ -92,6 +98,7 @@ impl Channel {
 
     /// Reads the next header; `None` at end of input (the parent is gone or done).
     fn receive(&mut self) -> Result<Option<ToWorker>, String> {
+        self.spin_for_input();
         match wire::read_frame(&mut self.input, &mut self.frame) {
             Ok(true) => {
                 let (header, payload) = wire::split(&self.frame)
@@ -101,6 +108,27 @@ impl Channel {
             }
             Ok(false) => Ok(None),
             Err(e) => Err(format!("could not read from the parent: {e}")),
+        }
+    }
+
+    /// Polls for input for up to [`SPIN`] before the blocking read: a task that arrives soon
+    /// after the last one then starts without waiting for this process to be woken.
+    fn spin_for_input(&self) {
+        if !self.input.buffer().is_empty() {
+            return;
+        }
+        let now = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let started = std::time::Instant::now();
+        while started.elapsed() < SPIN {
+            let mut fds = [PollFd::new(self.input.get_ref(), PollFlags::IN)];
+            if rustix::event::poll(&mut fds, Some(&now)).unwrap_or(1) > 0 {
+                return; // input (or an error, which the read will report)
+            }
+            // Yield rather than spin: another thread of this CPU may be the one to send.
+            std::thread::yield_now();
         }
     }
 
