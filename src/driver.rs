@@ -534,8 +534,16 @@ async fn run_job(driver: &Driver, mut worker: Worker, job: Job) -> Option<Worker
         Step::Reply(Ok(Reply::Failed(error))) => {
             task.fail(error);
         }
-        Step::Reply(Err(Lost::Died)) => {
-            let error = worker.bury().await;
+        Step::Reply(Err(lost @ (Lost::Died | Lost::CutShort))) => {
+            let error = match (worker.bury().await, lost) {
+                // Killed while writing: a death. Exiting mid-frame on its own: a broken frame.
+                (TaskError::WorkerDied { pid, code: Some(code), .. }, Lost::CutShort) => {
+                    TaskError::Protocol(format!(
+                        "worker {pid} exited with code {code} in the middle of a frame"
+                    ))
+                }
+                (error, _) => error,
+            };
             task.fail(error);
             task.settle();
             driver.state.ended(&*task);
@@ -576,6 +584,8 @@ enum Reply {
 enum Lost {
     /// Its output ended: it exited or was killed.
     Died,
+    /// Its output ended in the middle of a frame.
+    CutShort,
     /// It wrote something that breaks the protocol.
     Broken(String),
 }
@@ -719,7 +729,8 @@ impl Worker {
             Err(err) if err.kind() == io::ErrorKind::InvalidData => {
                 return Err(Lost::Broken(err.to_string()))
             }
-            // A frame cut short or a failed read: the worker is gone or going.
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Err(Lost::CutShort),
+            // A failed read: the worker is gone or going.
             Err(_) => return Err(Lost::Died),
         }
         let (header, payload) = wire::split::<FromWorker>(&self.buf)
