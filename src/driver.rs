@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
 use async_io::Timer;
-use async_process::{Child, ChildStdin, ChildStdout};
+use async_process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use event_listener::Event;
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, AsyncWriteExt, StreamExt};
@@ -201,7 +201,7 @@ pub(crate) fn start(options: Options) -> Result<(Sender<Job>, Arc<PoolState>), E
             let spawned: io::Result<Vec<Option<Process>>> = (0..options.workers)
                 .map(|_| match options.on_demand {
                     true => Ok(None),
-                    false => Process::spawn().map(Some),
+                    false => Process::spawn(options.memory_limit).map(Some),
                 })
                 .collect();
             match spawned {
@@ -235,6 +235,8 @@ pub(crate) struct Options {
     /// Start a worker only when a task is waiting for it, instead of at once and after every
     /// replacement.
     pub(crate) on_demand: bool,
+    /// Cap each worker's address space (`RLIMIT_AS`) at this many bytes.
+    pub(crate) memory_limit: Option<u64>,
 }
 
 /// What the slots of one driver share.
@@ -245,8 +247,10 @@ struct Driver {
     stopping: Sender<Stopping>,
 }
 
-/// A worker on its way out.
+/// Work for the driver beside its slots.
 enum Stopping {
+    /// Copy a worker's stderr to ours until it ends, watching for an allocation failure.
+    Forward(LocalFuture),
     /// Its task was cancelled or timed out: stop it within the task's cancel timeout.
     Task {
         worker: Worker,
@@ -326,6 +330,7 @@ async fn run(
                     Finished::Stopped
                 }));
             }
+            Event::Stop(Stopping::Forward(forward)) => work.push(forward),
             Event::Stop(Stopping::Retire(worker)) => {
                 work.push(Box::pin(async move {
                     worker.shut_down().await;
@@ -359,7 +364,7 @@ async fn slot(driver: Rc<Driver>, first: Option<Process>, queue: Receiver<Job>) 
                         Err(_) => return Finished::Slot,
                     }
                 }
-                Process::spawn()
+                Process::spawn(driver.options.memory_limit)
             }
         };
         let started = match process {
@@ -367,8 +372,17 @@ async fn slot(driver: Rc<Driver>, first: Option<Process>, queue: Receiver<Job>) 
             Err(err) => Err(err),
         };
         match started {
-            Ok(worker) => {
+            Ok(mut worker) => {
                 failures = 0;
+                if let Some(stderr) = worker.stderr.take() {
+                    let (saw, seen) = async_channel::bounded(1);
+                    worker.out_of_memory = Some(seen);
+                    let forward = Box::pin(async move {
+                        let _ = saw.try_send(forward_stderr(stderr).await);
+                        Finished::Stopped
+                    });
+                    let _ = driver.stopping.try_send(Stopping::Forward(forward));
+                }
                 if replacing {
                     counters.replaced.fetch_add(1, Ordering::Relaxed);
                     trace::worker_replaced(worker.pid);
@@ -400,7 +414,7 @@ async fn slot(driver: Rc<Driver>, first: Option<Process>, queue: Receiver<Job>) 
             }
         }
         if !driver.options.on_demand {
-            next = Some(Process::spawn());
+            next = Some(Process::spawn(driver.options.memory_limit));
         }
     }
 }
@@ -537,11 +551,16 @@ async fn run_job(driver: &Driver, mut worker: Worker, job: Job) -> Option<Worker
         Step::Reply(Err(lost @ (Lost::Died | Lost::CutShort))) => {
             let error = match (worker.bury().await, lost) {
                 // Killed while writing: a death. Exiting mid-frame on its own: a broken frame.
-                (TaskError::WorkerDied { pid, code: Some(code), .. }, Lost::CutShort) => {
-                    TaskError::Protocol(format!(
-                        "worker {pid} exited with code {code} in the middle of a frame"
-                    ))
-                }
+                (
+                    TaskError::WorkerDied {
+                        pid,
+                        code: Some(code),
+                        ..
+                    },
+                    Lost::CutShort,
+                ) => TaskError::Protocol(format!(
+                    "worker {pid} exited with code {code} in the middle of a frame"
+                )),
                 (error, _) => error,
             };
             task.fail(error);
@@ -596,19 +615,25 @@ struct Process {
     pidfd: Pidfd,
     input: ChildStdin,
     output: ChildStdout,
+    /// Piped only under a memory limit, to tell an allocation failure from other deaths.
+    stderr: Option<ChildStderr>,
+    memory_limit: Option<u64>,
 }
 
 impl Process {
     /// Starts `worker_program() --worker` with piped stdin and stdout, in its own process group
     /// so that a terminal's Ctrl-C reaches only the parent, which decides what workers do.
-    fn spawn() -> io::Result<Process> {
+    fn spawn(memory_limit: Option<u64>) -> io::Result<Process> {
         let mut command = std::process::Command::new(worker_program());
         command.arg("--worker").process_group(0);
         let mut command = async_process::Command::from(command);
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match memory_limit {
+                Some(_) => Stdio::piped(),
+                None => Stdio::inherit(),
+            })
             .kill_on_drop(true);
         let mut child = command.spawn()?;
         let pidfd = Pidfd::open(&child);
@@ -617,11 +642,14 @@ impl Process {
         let output = child.stdout.take().ok_or_else(missing)?;
         widen_pipe(&input);
         widen_pipe(&output);
+        let stderr = child.stderr.take();
         Ok(Process {
             child,
             pidfd,
             input,
             output,
+            stderr,
+            memory_limit,
         })
     }
 
@@ -634,6 +662,9 @@ impl Process {
             input: self.input,
             output: BufReader::with_capacity(READ_BUFFER, self.output),
             buf: Vec::new(),
+            memory_limit: self.memory_limit,
+            stderr: self.stderr,
+            out_of_memory: None,
         };
         let answer = future::or(async { Some(worker.greet().await) }, async {
             Timer::after(HANDSHAKE_TIMEOUT).await;
@@ -687,6 +718,11 @@ struct Worker {
     output: BufReader<ChildStdout>,
     /// The body of the last frame read.
     buf: Vec<u8>,
+    memory_limit: Option<u64>,
+    /// Its stderr, until the slot starts forwarding it.
+    stderr: Option<ChildStderr>,
+    /// Tells, once its stderr ended, whether it reported an allocation failure.
+    out_of_memory: Option<Receiver<bool>>,
 }
 
 impl Worker {
@@ -694,6 +730,7 @@ impl Worker {
         let hello = wire::frame(&ToWorker::Hello {
             build: build_id(),
             parent: std::process::id(),
+            memory_limit: self.memory_limit,
         });
         let pid = self.pid;
         let sent = self.input.write_all(&hello).await;
@@ -765,6 +802,26 @@ impl Worker {
         })
         .await;
         match status {
+            Some(Ok(status)) if status.signal() == Some(SIGABRT) => {
+                // An allocation over the limit aborts; its report on stderr tells it apart.
+                let over_limit = match (&self.out_of_memory, self.memory_limit) {
+                    (Some(seen), Some(limit)) => {
+                        future::or(
+                            async { seen.recv().await.unwrap_or(false).then_some(limit) },
+                            async {
+                                Timer::after(EXIT_GRACE).await;
+                                None
+                            },
+                        )
+                        .await
+                    }
+                    _ => None,
+                };
+                match over_limit {
+                    Some(limit) => TaskError::MemoryLimit { pid, limit },
+                    None => died(pid, status),
+                }
+            }
             Some(Ok(status)) => died(pid, status),
             Some(Err(_)) => TaskError::WorkerDied {
                 pid,
@@ -802,6 +859,35 @@ impl Worker {
         if !exited {
             kill::stop(&mut self.child, &self.pidfd, Duration::ZERO).await;
         }
+    }
+}
+
+/// The signal Rust's allocation failure handler ends a process with.
+const SIGABRT: i32 = 6;
+
+/// What Rust's default allocation failure handler writes before aborting.
+const ALLOCATION_FAILED: &[u8] = b"memory allocation of ";
+
+/// Copies a worker's stderr to ours until it ends; returns whether the worker reported a
+/// failed allocation.
+async fn forward_stderr(mut stderr: ChildStderr) -> bool {
+    use std::io::Write;
+    let mut seen = false;
+    // The end of the previous chunk, so that a report split between two reads is found.
+    let mut tail: Vec<u8> = Vec::new();
+    let mut chunk = vec![0; 8192];
+    loop {
+        let n = match futures_lite::AsyncReadExt::read(&mut stderr, &mut chunk).await {
+            Ok(0) | Err(_) => return seen,
+            Ok(n) => n,
+        };
+        let _ = std::io::stderr().write_all(&chunk[..n]);
+        tail.extend_from_slice(&chunk[..n]);
+        seen |= tail
+            .windows(ALLOCATION_FAILED.len())
+            .any(|w| w == ALLOCATION_FAILED);
+        let keep = tail.len().saturating_sub(ALLOCATION_FAILED.len());
+        tail.drain(..keep);
     }
 }
 

@@ -46,6 +46,14 @@ pub enum TaskError {
         /// The signal that killed it, if one did.
         signal: Option<i32>,
     },
+    /// The worker running the task tried to allocate beyond the pool's
+    /// [`memory_limit`](crate::PoolBuilder::memory_limit) and aborted. The pool replaced it.
+    MemoryLimit {
+        /// The pid the worker had.
+        pid: u32,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The arguments or the result could not be encoded (or were larger than
     /// [`MAX_FRAME_LEN`](crate::MAX_FRAME_LEN)).
     Encode(String),
@@ -79,6 +87,11 @@ impl TaskError {
     /// Returns `true` for [`TaskError::WorkerDied`].
     pub fn is_worker_died(&self) -> bool {
         matches!(self, TaskError::WorkerDied { .. })
+    }
+
+    /// Returns `true` for [`TaskError::MemoryLimit`].
+    pub fn is_memory_limit(&self) -> bool {
+        matches!(self, TaskError::MemoryLimit { .. })
     }
 
     /// Returns `true` for [`TaskError::Encode`] and [`TaskError::Decode`].
@@ -147,6 +160,10 @@ impl fmt::Display for TaskError {
                     (None, None) => f.write_str("exit status unknown"),
                 }
             }
+            TaskError::MemoryLimit { pid, limit } => write!(
+                f,
+                "worker process {pid} went over its memory limit of {limit} bytes"
+            ),
             TaskError::Encode(msg) => write!(f, "could not encode task data: {msg}"),
             TaskError::Decode(msg) => write!(f, "could not decode task data: {msg}"),
             TaskError::PoolClosed => f.write_str("the process pool is closed"),

@@ -525,6 +525,7 @@ impl fmt::Debug for ProcessPool {
 pub struct PoolBuilder {
     workers: Option<usize>,
     max_tasks_per_worker: Option<usize>,
+    memory_limit: Option<u64>,
     /// Start workers only for waiting tasks (what `Isolated` needs).
     on_demand: bool,
 }
@@ -556,6 +557,22 @@ impl PoolBuilder {
         self
     }
 
+    /// Caps each worker's address space at `bytes` (`RLIMIT_AS`), so that one runaway task
+    /// cannot take the machine's memory.
+    ///
+    /// A task whose allocation fails under the cap aborts its worker; it fails with
+    /// [`TaskError::MemoryLimit`] (told apart from other aborts by the report Rust's
+    /// allocation failure handler writes to stderr, which the pool then reads and passes on
+    /// to its own stderr), and the pool replaces the worker. Address space is more than
+    /// resident memory: leave room for the program's code, libraries and thread stacks.
+    ///
+    /// The default value of this option is no limit. Zero is refused by
+    /// [`build`](PoolBuilder::build).
+    pub fn memory_limit(&mut self, bytes: u64) -> &mut PoolBuilder {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
     /// Starts workers only when tasks wait for them.
     pub(crate) fn on_demand(&mut self) -> &mut PoolBuilder {
         self.on_demand = true;
@@ -569,7 +586,7 @@ impl PoolBuilder {
     ///
     /// # Errors
     ///
-    /// - [`Error::Config`] for zero workers or zero tasks per worker;
+    /// - [`Error::Config`] for zero workers, zero tasks per worker or a zero memory limit;
     /// - [`Error::Spawn`] if the driver thread or a worker process cannot be started;
     /// - [`Error::NotInitialized`] in a process that was started as a worker but did not call
     ///   [`init`](crate::init) first in `main` (it would otherwise start workers without end).
@@ -577,13 +594,16 @@ impl PoolBuilder {
         if crate::worker::is_stray_worker() {
             return Err(Error::NotInitialized);
         }
+        if self.max_tasks_per_worker == Some(0) {
+            return Err(Error::Config(
+                "a worker must be allowed at least one task".into(),
+            ));
+        }
+        if self.memory_limit == Some(0) {
+            return Err(Error::Config("a memory limit of zero bytes".into()));
+        }
         let workers = match self.workers {
             Some(0) => return Err(Error::Config("a pool needs at least one worker".into())),
-            Some(_) if self.max_tasks_per_worker == Some(0) => {
-                return Err(Error::Config(
-                    "a worker must be allowed at least one task".into(),
-                ))
-            }
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
@@ -591,6 +611,7 @@ impl PoolBuilder {
             workers,
             max_tasks_per_worker: self.max_tasks_per_worker,
             on_demand: self.on_demand,
+            memory_limit: self.memory_limit,
         })?;
         Ok(ProcessPool {
             inner: Arc::new(Inner {

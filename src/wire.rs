@@ -37,8 +37,12 @@ const GROW_STEP: usize = 1 << 20;
 /// Parent → worker headers.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
-    /// The first frame: the parent's build identity and pid.
-    Hello { build: u64, parent: u32 },
+    /// The first frame: the parent's build identity and pid, and the worker's memory cap.
+    Hello {
+        build: u64,
+        parent: u32,
+        memory_limit: Option<u64>,
+    },
     /// Run the function at `entry` on the arguments that follow the header.
     Run { id: u64, entry: u64 },
     /// Exit after the current frame.

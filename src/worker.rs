@@ -150,7 +150,11 @@ fn serve() -> Result<(), String> {
         Channel::take_over_stdio().map_err(|e| format!("could not set up its pipes: {e}"))?;
     let parent = match channel.receive()? {
         None => return Ok(()),
-        Some(ToWorker::Hello { build, parent }) => {
+        Some(ToWorker::Hello {
+            build,
+            parent,
+            memory_limit,
+        }) => {
             if build != build_id() {
                 let reason = format!(
                     "the parent runs another build of the program ({build:016x}, this is {:016x})",
@@ -160,6 +164,14 @@ fn serve() -> Result<(), String> {
                     reason: reason.clone(),
                 });
                 return Err(format!("refusing to serve: {reason}"));
+            }
+            if let Some(bytes) = memory_limit {
+                let limit = rustix::process::Rlimit {
+                    current: Some(bytes),
+                    maximum: Some(bytes),
+                };
+                rustix::process::setrlimit(rustix::process::Resource::As, limit)
+                    .map_err(|e| format!("could not set its memory limit: {e}"))?;
             }
             parent
         }

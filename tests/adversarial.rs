@@ -138,9 +138,10 @@ fn main() {
         ("unknown_message_fails_the_task_with_protocol", || {
             Box::pin(unknown_message_fails_the_task_with_protocol())
         }),
-        ("reply_for_another_task_fails_the_task_with_protocol", || {
-            Box::pin(reply_for_another_task_fails_the_task_with_protocol())
-        }),
+        (
+            "reply_for_another_task_fails_the_task_with_protocol",
+            || Box::pin(reply_for_another_task_fails_the_task_with_protocol()),
+        ),
         ("output_while_idle_replaces_the_worker", || {
             Box::pin(output_while_idle_replaces_the_worker())
         }),
