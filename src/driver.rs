@@ -291,7 +291,7 @@ async fn run(
 
     enum Event {
         Finished(Option<Finished>),
-        Stop(Stopping),
+        Stop(Box<Stopping>),
         Notice(Arc<dyn Completion>),
     }
     while slots > 0 || !work.is_empty() {
@@ -300,7 +300,7 @@ async fn run(
             future::or(
                 async {
                     match stopping_queue.recv().await {
-                        Ok(stop) => Event::Stop(stop),
+                        Ok(stop) => Event::Stop(Box::new(stop)),
                         Err(_) => future::pending().await,
                     }
                 },
@@ -316,27 +316,25 @@ async fn run(
         match event {
             Event::Finished(Some(Finished::Slot)) => slots -= 1,
             Event::Finished(Some(Finished::Stopped)) | Event::Finished(None) => {}
-            Event::Stop(Stopping::Task { worker, task }) => {
-                let state = state.clone();
-                work.push(Box::pin(async move {
-                    worker
-                        .stop(
-                            task.options().cancel_timeout,
-                            "its task was cancelled or timed out",
-                        )
-                        .await;
-                    task.settle();
-                    state.ended(&*task);
-                    Finished::Stopped
-                }));
-            }
-            Event::Stop(Stopping::Forward(forward)) => work.push(forward),
-            Event::Stop(Stopping::Retire(worker)) => {
-                work.push(Box::pin(async move {
-                    worker.shut_down().await;
-                    Finished::Stopped
-                }));
-            }
+            Event::Stop(stop) => match *stop {
+                Stopping::Task { worker, task } => {
+                    let state = state.clone();
+                    work.push(Box::pin(async move {
+                        let reason = "its task was cancelled or timed out";
+                        worker.stop(task.options().cancel_timeout, reason).await;
+                        task.settle();
+                        state.ended(&*task);
+                        Finished::Stopped
+                    }));
+                }
+                Stopping::Forward(forward) => work.push(forward),
+                Stopping::Retire(worker) => {
+                    work.push(Box::pin(async move {
+                        worker.shut_down().await;
+                        Finished::Stopped
+                    }));
+                }
+            },
             Event::Notice(task) => state.ended(&*task),
         }
     }
