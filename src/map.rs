@@ -517,6 +517,43 @@ mod tests {
         assert_eq!(rmp_serde::from_slice::<String>(bytes).unwrap(), "two");
     }
 
+    /// Random and mutated chunk payloads and replies: errors, never a panic.
+    #[test]
+    fn fuzz_chunk_payloads_and_replies() {
+        let mut items = EncodedItems::default();
+        for i in 0..5u64 {
+            items.push(&(i, "item")).unwrap();
+        }
+        let mut valid = Vec::new();
+        items.write_payload(&mut valid);
+        let mut reply = 3u32.to_le_bytes().to_vec();
+        for tag in [ITEM_OK, ITEM_PANICKED, ITEM_DECODE] {
+            let start = begin_segment(&mut reply, tag);
+            crate::wire::push(&mut reply, &("m", Some("l"))).unwrap();
+            end_segment(&mut reply, start, tag);
+        }
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let next = |state: &mut u64| crate::wire::tests::xorshift(state);
+        for round in 0..10_000 {
+            let mut input = if round % 2 == 0 {
+                valid.clone()
+            } else {
+                reply.clone()
+            };
+            input.truncate(next(&mut state) as usize % (input.len() + 1));
+            for _ in 0..next(&mut state) % 4 {
+                if !input.is_empty() {
+                    let at = next(&mut state) as usize % input.len();
+                    input[at] = next(&mut state) as u8;
+                }
+            }
+            if let Ok(segments) = Segments::new(&input, round % 2 == 1) {
+                segments.for_each(drop);
+            }
+            let _ = decode_chunk::<(u64, String)>(&input);
+        }
+    }
+
     #[test]
     fn truncated_or_lying_chunks_are_errors_not_panics() {
         assert!(Segments::new(&[1, 0], false).is_err());

@@ -184,7 +184,7 @@ pub(crate) async fn read_frame_async(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -230,6 +230,81 @@ mod tests {
         let mut body = Vec::new();
         assert!(read_frame(&mut &data[..], &mut body).is_err());
         assert!(body.capacity() <= 2 * GROW_STEP);
+    }
+
+    /// A small deterministic generator for the fuzz tests.
+    pub(crate) fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    /// Valid frames of every message, to mutate.
+    fn samples() -> Vec<Vec<u8>> {
+        let mut run = Vec::new();
+        begin(&mut run, &ToWorker::Run { id: 3, entry: 77 }).unwrap();
+        push(&mut run, &("args", 1u8)).unwrap();
+        finish(&mut run).unwrap();
+        vec![
+            run,
+            frame(&ToWorker::Hello {
+                build: 1,
+                parent: 2,
+                memory_limit: Some(3),
+            }),
+            frame(&ToWorker::Shutdown),
+            frame(&FromWorker::Hello { pid: 1, build: 2 }),
+            frame(&FromWorker::Refused {
+                reason: "no".into(),
+            }),
+            frame(&FromWorker::Done { id: 9 }),
+            frame(&FromWorker::Panicked {
+                id: 9,
+                message: "m".into(),
+                location: None,
+            }),
+            frame(&FromWorker::Failed {
+                id: 9,
+                error: CodecFailure::Decode("d".into()),
+            }),
+        ]
+    }
+
+    /// Random bytes and mutated valid frames through the frame reader and both header
+    /// decoders: errors, never a panic, and never more memory than the input justifies.
+    #[test]
+    fn fuzz_frames_and_headers() {
+        let samples = samples();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut body = Vec::new();
+        for round in 0..10_000 {
+            let mut input = match round % 3 {
+                0 => samples[round % samples.len()].clone(),
+                1 => (0..xorshift(&mut state) % 64)
+                    .map(|_| xorshift(&mut state) as u8)
+                    .collect(),
+                _ => {
+                    let mut frame = samples[round % samples.len()].clone();
+                    frame.truncate(xorshift(&mut state) as usize % (frame.len() + 1));
+                    frame
+                }
+            };
+            for _ in 0..xorshift(&mut state) % 4 {
+                if !input.is_empty() {
+                    let at = xorshift(&mut state) as usize % input.len();
+                    input[at] = xorshift(&mut state) as u8;
+                }
+            }
+            let mut reader = &input[..];
+            while let Ok(true) = read_frame(&mut reader, &mut body) {
+                assert!(body.capacity() <= input.len() + 2 * GROW_STEP);
+                let _ = split::<ToWorker>(&body);
+                let _ = split::<FromWorker>(&body);
+            }
+            let _ = split::<ToWorker>(&input);
+            let _ = split::<FromWorker>(&input);
+        }
     }
 
     #[test]
