@@ -11,7 +11,11 @@ use serde::{Deserialize, Serialize};
 /// The parent's first message, as the protocol lays it out.
 #[derive(Serialize)]
 enum ToWorker {
-    Hello { build: u64, parent: u32 },
+    Hello {
+        build: u64,
+        parent: u32,
+        memory_limit: Option<u64>,
+    },
 }
 
 /// The worker's answers to it (the fields of `Hello` are only there for the shape).
@@ -45,6 +49,7 @@ fn worker_refuses_a_parent_of_another_build() {
     let hello = ToWorker::Hello {
         build: 0x0123_4567_89ab_cdef,
         parent: std::process::id(),
+        memory_limit: None,
     };
     child
         .stdin
