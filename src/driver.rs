@@ -30,8 +30,7 @@ use futures_util::stream::FuturesUnordered;
 use crate::entry::build_id;
 use crate::error::{Error, TaskError};
 use crate::kill::{self, Pidfd};
-use crate::state::{finished, report_end, report_start, Completion, EndNotices};
-use crate::task::TaskStatus;
+use crate::state::{finished, report_end, report_start, Completion, EndNotices, Tally};
 use crate::trace;
 use crate::wire::{self, CodecFailure, FromWorker, ToWorker};
 
@@ -79,6 +78,7 @@ pub(crate) struct PoolState {
     stopped: AtomicBool,
     stopped_event: Event,
     pub(crate) counters: Counters,
+    pub(crate) tally: Arc<Tally>,
 }
 
 /// What [`PoolStats`](crate::PoolStats) reports, kept up to date by the driver.
@@ -88,9 +88,6 @@ pub(crate) struct Counters {
     pub(crate) workers: AtomicUsize,
     /// Workers running a task.
     pub(crate) busy: AtomicUsize,
-    pub(crate) completed: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) cancelled: AtomicU64,
     /// Workers started in place of one that exited, died, was stopped or retired.
     pub(crate) replaced: AtomicU64,
 }
@@ -147,18 +144,10 @@ impl PoolState {
         }
     }
 
-    /// Reports the end of `task`: it leaves the live set, is counted, and its callbacks run.
+    /// Reports the end of `task`: it leaves the live set and its callbacks run.
     fn ended(&self, task: &dyn Completion) {
-        let Some(task) = self.live_tasks().remove(&task.id()) else {
-            return; // reported already
-        };
-        let counter = match task.info().status() {
-            TaskStatus::Done => &self.counters.completed,
-            TaskStatus::Cancelled => &self.counters.cancelled,
-            _ => &self.counters.failed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        report_end(&*task);
+        self.unregister(task.id());
+        report_end(task);
     }
 }
 
@@ -191,6 +180,7 @@ pub(crate) fn start(options: Options) -> Result<(Sender<Job>, Arc<PoolState>), E
         stopped: AtomicBool::new(false),
         stopped_event: Event::new(),
         counters: Counters::default(),
+        tally: Arc::default(),
     });
     let (ready, started) = mpsc::sync_channel(1);
     let driver_state = state.clone();

@@ -352,9 +352,9 @@ impl ProcessPool {
                 .iter()
                 .filter(|task| task.info().status() == TaskStatus::Pending)
                 .count(),
-            completed: counters.completed.load(Ordering::Relaxed),
-            failed: counters.failed.load(Ordering::Relaxed),
-            cancelled: counters.cancelled.load(Ordering::Relaxed),
+            completed: state.tally.completed.load(Ordering::Relaxed),
+            failed: state.tally.failed.load(Ordering::Relaxed),
+            cancelled: state.tally.cancelled.load(Ordering::Relaxed),
             replaced: counters.replaced.load(Ordering::Relaxed),
         }
     }
@@ -431,7 +431,17 @@ pub(crate) fn submit<T: Send + 'static>(
     write_payload: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
 ) -> ProcessTask<T> {
     let id = next_task_id();
-    let shared = Arc::new(Shared::new(id, call.func_name, call.decode, call.options));
+    let tally = pool
+        .as_ref()
+        .ok()
+        .map(|pool| pool.inner.state.tally.clone());
+    let shared = Arc::new(Shared::new(
+        id,
+        call.func_name,
+        call.decode,
+        call.options,
+        tally,
+    ));
     let completion: Arc<dyn Completion> = shared.clone();
     let pool = match pool {
         Ok(pool) => pool,

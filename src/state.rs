@@ -1,6 +1,7 @@
 //! The state a task shares between its handle and the driver, and the per-task options.
 
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -135,6 +136,25 @@ pub(crate) async fn finished(task: &dyn Completion) {
     }
 }
 
+/// How a pool's tasks ended, counted the moment each ends.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+}
+
+impl Tally {
+    fn count(&self, status: TaskStatus) {
+        let counter = match status {
+            TaskStatus::Done => &self.completed,
+            TaskStatus::Cancelled => &self.cancelled,
+            _ => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The state shared by a [`ProcessTask`](crate::ProcessTask) and the driver.
 pub(crate) struct Shared<T> {
     id: u64,
@@ -143,6 +163,8 @@ pub(crate) struct Shared<T> {
     span: TaskSpan,
     submitted_at: Instant,
     options: TaskOptions,
+    /// Where the end is counted, for a task of a pool.
+    tally: Option<Arc<Tally>>,
     state: Mutex<State<T>>,
     changed: Event,
 }
@@ -165,6 +187,7 @@ impl<T> Shared<T> {
         func_name: &'static str,
         decode: Decoder<T>,
         options: TaskOptions,
+        tally: Option<Arc<Tally>>,
     ) -> Self {
         Shared {
             id,
@@ -173,6 +196,7 @@ impl<T> Shared<T> {
             span: TaskSpan::spawned(id, func_name),
             submitted_at: Instant::now(),
             options,
+            tally,
             state: Mutex::new(State {
                 meta: Meta::default(),
                 outcome: None,
@@ -263,6 +287,9 @@ impl<T> Shared<T> {
             // A task that never reached a worker has nothing left to stop.
             if meta.started_at.is_none() {
                 state.settled = true;
+            }
+            if let Some(tally) = &self.tally {
+                tally.count(state.meta.status);
             }
             state.outcome = Some(outcome);
             state.waker.take()

@@ -628,6 +628,7 @@ mod tests {
             "fib",
             crate::state::decode_value,
             TaskOptions::default(),
+            None,
         ));
         (shared.clone(), ProcessTask::new(shared, None))
     }

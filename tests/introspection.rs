@@ -57,8 +57,9 @@ async fn stats_and_tasks_follow_the_work() {
     queued.await.unwrap();
     assert!(pool.spawn(boom, ()).await.is_err());
     assert!(pool.spawn(exit_3, ()).await.is_err());
-    eventually("the pool is back at full size", || {
-        pool.stats().workers == 2
+    eventually("the three replacements serve", || {
+        let stats = pool.stats();
+        stats.replaced == 3 && stats.workers == 2
     })
     .await;
     let stats = pool.stats();
