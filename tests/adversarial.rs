@@ -125,26 +125,13 @@ async fn output_while_idle_replaces_the_worker() {
 }
 
 fn main() {
-    let scenarios: [(&str, common::Scenario); 6] = [
-        ("garbage_fails_the_task_with_protocol", || {
-            Box::pin(garbage_fails_the_task_with_protocol())
-        }),
-        ("truncated_frame_fails_the_task_with_protocol", || {
-            Box::pin(truncated_frame_fails_the_task_with_protocol())
-        }),
-        ("oversized_frame_fails_the_task_with_protocol", || {
-            Box::pin(oversized_frame_fails_the_task_with_protocol())
-        }),
-        ("unknown_message_fails_the_task_with_protocol", || {
-            Box::pin(unknown_message_fails_the_task_with_protocol())
-        }),
-        (
-            "reply_for_another_task_fails_the_task_with_protocol",
-            || Box::pin(reply_for_another_task_fails_the_task_with_protocol()),
-        ),
-        ("output_while_idle_replaces_the_worker", || {
-            Box::pin(output_while_idle_replaces_the_worker())
-        }),
+    let scenarios = scenarios![
+        garbage_fails_the_task_with_protocol,
+        truncated_frame_fails_the_task_with_protocol,
+        oversized_frame_fails_the_task_with_protocol,
+        unknown_message_fails_the_task_with_protocol,
+        reply_for_another_task_fails_the_task_with_protocol,
+        output_while_idle_replaces_the_worker,
     ];
     common::main_with(common::trials_under(
         &[Runtime::Smol, Runtime::TokioMultiThread],

@@ -80,13 +80,9 @@ async fn async_functions_run_on_isolated_processes() {
 }
 
 fn main() {
-    let scenarios: [(&str, common::Scenario); 2] = [
-        ("async_functions_run_in_the_worker", || {
-            Box::pin(async_functions_run_in_the_worker())
-        }),
-        ("async_functions_run_on_isolated_processes", || {
-            Box::pin(async_functions_run_on_isolated_processes())
-        }),
+    let scenarios = scenarios![
+        async_functions_run_in_the_worker,
+        async_functions_run_on_isolated_processes,
     ];
     common::main_with(common::trials_under(
         &[Runtime::Smol, Runtime::TokioMultiThread],

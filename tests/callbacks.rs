@@ -134,18 +134,10 @@ async fn panicking_callback_changes_nothing_else() {
 }
 
 fn main() {
-    let scenarios: [(&str, common::Scenario); 3] = [
-        (
-            "success_runs_on_start_then_on_done_on_the_driver_thread",
-            || Box::pin(success_runs_on_start_then_on_done_on_the_driver_thread()),
-        ),
-        (
-            "on_error_fires_once_for_panic_timeout_and_cancellations",
-            || Box::pin(on_error_fires_once_for_panic_timeout_and_cancellations()),
-        ),
-        ("panicking_callback_changes_nothing_else", || {
-            Box::pin(panicking_callback_changes_nothing_else())
-        }),
+    let scenarios = scenarios![
+        success_runs_on_start_then_on_done_on_the_driver_thread,
+        on_error_fires_once_for_panic_timeout_and_cancellations,
+        panicking_callback_changes_nothing_else,
     ];
     let runtimes = [Runtime::Smol, Runtime::TokioMultiThread];
     common::main_with(common::trials_under(&runtimes, &scenarios));

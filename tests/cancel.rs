@@ -144,30 +144,14 @@ async fn cancel_disturbs_no_other_task() {
 }
 
 fn main() {
-    let scenarios: [(&str, common::Scenario); 7] = [
-        ("queued_task_cancelled_never_runs", || {
-            Box::pin(queued_task_cancelled_never_runs())
-        }),
-        (
-            "running_task_cancelled_stops_its_worker_which_is_replaced",
-            || Box::pin(running_task_cancelled_stops_its_worker_which_is_replaced()),
-        ),
-        (
-            "worker_ignoring_sigterm_is_killed_after_the_cancel_timeout",
-            || Box::pin(worker_ignoring_sigterm_is_killed_after_the_cancel_timeout()),
-        ),
-        ("cancelling_a_finished_task_leaves_its_worker_alone", || {
-            Box::pin(cancelling_a_finished_task_leaves_its_worker_alone())
-        }),
-        ("dropping_a_running_task_stops_its_worker", || {
-            Box::pin(dropping_a_running_task_stops_its_worker())
-        }),
-        ("detached_task_runs_to_the_end", || {
-            Box::pin(detached_task_runs_to_the_end())
-        }),
-        ("cancel_disturbs_no_other_task", || {
-            Box::pin(cancel_disturbs_no_other_task())
-        }),
+    let scenarios = scenarios![
+        queued_task_cancelled_never_runs,
+        running_task_cancelled_stops_its_worker_which_is_replaced,
+        worker_ignoring_sigterm_is_killed_after_the_cancel_timeout,
+        cancelling_a_finished_task_leaves_its_worker_alone,
+        dropping_a_running_task_stops_its_worker,
+        detached_task_runs_to_the_end,
+        cancel_disturbs_no_other_task,
     ];
     let runtimes = [Runtime::Smol, Runtime::TokioMultiThread];
     common::main_with(common::trials_under(&runtimes, &scenarios));

@@ -125,19 +125,11 @@ fn main() {
         println!("{}", Isolated::new().max_procs());
         return;
     }
-    let scenarios: [(&str, common::Scenario); 4] = [
-        ("a_library_generic_over_executor_works_with_both", || {
-            Box::pin(a_library_generic_over_executor_works_with_both())
-        }),
-        ("isolated_runs_every_call_in_a_fresh_process", || {
-            Box::pin(isolated_runs_every_call_in_a_fresh_process())
-        }),
-        ("isolated_caps_processes_and_queues_the_rest", || {
-            Box::pin(isolated_caps_processes_and_queues_the_rest())
-        }),
-        ("isolated_cancel_and_timeout_stop_the_process", || {
-            Box::pin(isolated_cancel_and_timeout_stop_the_process())
-        }),
+    let scenarios = scenarios![
+        a_library_generic_over_executor_works_with_both,
+        isolated_runs_every_call_in_a_fresh_process,
+        isolated_caps_processes_and_queues_the_rest,
+        isolated_cancel_and_timeout_stop_the_process,
     ];
     let mut trials = common::trials_under(&[Runtime::Smol, Runtime::TokioMultiThread], &scenarios);
     trials.push(common::trial(

@@ -218,23 +218,12 @@ async fn codec_errors_fail_the_task_and_keep_the_worker() {
 }
 
 fn main() {
-    let scenarios: [(&str, common::Scenario); 5] = [
-        ("panic_fails_its_task_and_the_worker_serves_on", || {
-            Box::pin(panic_fails_its_task_and_the_worker_serves_on())
-        }),
-        ("abort_fails_its_task_with_sigabrt_and_is_replaced", || {
-            Box::pin(abort_fails_its_task_with_sigabrt_and_is_replaced())
-        }),
-        (
-            "exit_code_is_reported",
-            || Box::pin(exit_code_is_reported()),
-        ),
-        ("sigkill_from_outside_fails_only_that_task", || {
-            Box::pin(sigkill_from_outside_fails_only_that_task())
-        }),
-        ("codec_errors_fail_the_task_and_keep_the_worker", || {
-            Box::pin(codec_errors_fail_the_task_and_keep_the_worker())
-        }),
+    let scenarios = scenarios![
+        panic_fails_its_task_and_the_worker_serves_on,
+        abort_fails_its_task_with_sigabrt_and_is_replaced,
+        exit_code_is_reported,
+        sigkill_from_outside_fails_only_that_task,
+        codec_errors_fail_the_task_and_keep_the_worker,
     ];
     let runtimes = [Runtime::Smol, Runtime::TokioMultiThread];
     common::main_with(common::trials_under(&runtimes, &scenarios));

@@ -104,13 +104,9 @@ fn the_parents_signal_handling_is_untouched() {
 }
 
 fn main() {
-    let scenarios: [(&str, common::Scenario); 2] = [
-        ("workers_retire_after_their_share_of_tasks", || {
-            Box::pin(workers_retire_after_their_share_of_tasks())
-        }),
-        ("a_task_over_the_memory_limit_fails_alone", || {
-            Box::pin(a_task_over_the_memory_limit_fails_alone())
-        }),
+    let scenarios = scenarios![
+        workers_retire_after_their_share_of_tasks,
+        a_task_over_the_memory_limit_fails_alone,
     ];
     let mut trials = common::trials_under(&[Runtime::Smol, Runtime::TokioMultiThread], &scenarios);
     trials.push(common::trial(

@@ -75,9 +75,7 @@ async fn stats_and_tasks_follow_the_work() {
 }
 
 fn main() {
-    let scenarios: [(&str, common::Scenario); 1] = [("stats_and_tasks_follow_the_work", || {
-        Box::pin(stats_and_tasks_follow_the_work())
-    })];
+    let scenarios = scenarios![stats_and_tasks_follow_the_work];
     common::main_with(common::trials_under(
         &[Runtime::Smol, Runtime::TokioMultiThread],
         &scenarios,

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    eventually, is_our_child, rendezvous, sleep_ms, spin, temp_dir, wait_for_file, Runtime,
+    alive, eventually, is_our_child, rendezvous, sleep_ms, spin, temp_dir, wait_for_file, Runtime,
 };
 use libtest_mimic::Trial;
 use offload::{ProcessPool, TaskStatus};
@@ -117,10 +117,6 @@ fn workers_die_with_their_parent() {
     let workers: Vec<u32> = (0..2)
         .map(|_| lines.next().unwrap().unwrap().parse().unwrap())
         .collect();
-    let alive = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| !stat[stat.rfind(')').unwrap()..].starts_with(") Z"))
-    };
     assert!(workers.iter().all(|&pid| alive(pid)));
     parent.kill().unwrap(); // SIGKILL: the parent cannot clean anything up
     parent.wait().unwrap();
@@ -139,18 +135,10 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("--parent-of-two-busy-workers") {
         parent_of_two_busy_workers();
     }
-    let scenarios: [(&str, common::Scenario); 3] = [
-        ("shutdown_finishes_the_work_then_reaps_every_worker", || {
-            Box::pin(shutdown_finishes_the_work_then_reaps_every_worker())
-        }),
-        (
-            "shutdown_now_cancels_everything_and_reaps_every_worker",
-            || Box::pin(shutdown_now_cancels_everything_and_reaps_every_worker()),
-        ),
-        (
-            "dropping_the_last_handle_does_not_wait_for_running_work",
-            || Box::pin(dropping_the_last_handle_does_not_wait_for_running_work()),
-        ),
+    let scenarios = scenarios![
+        shutdown_finishes_the_work_then_reaps_every_worker,
+        shutdown_now_cancels_everything_and_reaps_every_worker,
+        dropping_the_last_handle_does_not_wait_for_running_work,
     ];
     let runtimes = [Runtime::Smol, Runtime::TokioMultiThread];
     let mut trials = common::trials_under(&runtimes, &scenarios);

@@ -158,25 +158,13 @@ fn map_blocking_from_plain_threads() {
 }
 
 fn main() {
-    let scenarios: [(&str, common::Scenario); 6] = [
-        ("results_come_in_input_order", || {
-            Box::pin(results_come_in_input_order())
-        }),
-        ("a_panicking_item_fails_alone", || {
-            Box::pin(a_panicking_item_fails_alone())
-        }),
-        ("an_item_that_kills_its_worker_fails_alone", || {
-            Box::pin(an_item_that_kills_its_worker_fails_alone())
-        }),
-        ("an_item_that_cannot_be_encoded_fails_alone", || {
-            Box::pin(an_item_that_cannot_be_encoded_fails_alone())
-        }),
-        ("unordered_yields_every_index_once", || {
-            Box::pin(unordered_yields_every_index_once())
-        }),
-        ("dropping_a_map_cancels_what_is_left", || {
-            Box::pin(dropping_a_map_cancels_what_is_left())
-        }),
+    let scenarios = scenarios![
+        results_come_in_input_order,
+        a_panicking_item_fails_alone,
+        an_item_that_kills_its_worker_fails_alone,
+        an_item_that_cannot_be_encoded_fails_alone,
+        unordered_yields_every_index_once,
+        dropping_a_map_cancels_what_is_left,
     ];
     let mut trials = common::trials_under(&[Runtime::Smol, Runtime::TokioMultiThread], &scenarios);
     trials.push(common::trial(

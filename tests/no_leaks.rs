@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, sleep_ms, spin, trial, Runtime};
+use common::{children, eventually, open_fds, sleep_ms, spin, trial, Runtime};
 use offload::ProcessPool;
 
 fn boom() -> u32 {
@@ -16,25 +16,6 @@ fn boom() -> u32 {
 
 fn exit_3() -> u32 {
     std::process::exit(3)
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Our children, alive or zombie.
-fn children() -> Vec<u32> {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let rest = &stat[stat.rfind(')').unwrap() + 2..];
-                rest.split(' ').nth(1) == Some(me.as_str())
-            })
-        })
-        .collect()
 }
 
 async fn busy_life(pool: ProcessPool) {

@@ -11,12 +11,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::BOUND;
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap()..].starts_with(") Z"))
-}
+use common::{alive, BOUND};
 
 fn connect(port: u16) -> TcpStream {
     let deadline = Instant::now() + BOUND;

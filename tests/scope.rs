@@ -67,16 +67,10 @@ async fn a_race_keeps_the_first_result_and_kills_the_rest() {
 }
 
 fn main() {
-    let scenarios: [(&str, common::Scenario); 3] = [
-        ("join_waits_for_every_task_in_order", || {
-            Box::pin(join_waits_for_every_task_in_order())
-        }),
-        ("dropping_the_scope_stops_every_task", || {
-            Box::pin(dropping_the_scope_stops_every_task())
-        }),
-        ("a_race_keeps_the_first_result_and_kills_the_rest", || {
-            Box::pin(a_race_keeps_the_first_result_and_kills_the_rest())
-        }),
+    let scenarios = scenarios![
+        join_waits_for_every_task_in_order,
+        dropping_the_scope_stops_every_task,
+        a_race_keeps_the_first_result_and_kills_the_rest,
     ];
     common::main_with(common::trials_under(
         &[Runtime::Smol, Runtime::TokioMultiThread],

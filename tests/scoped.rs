@@ -62,14 +62,9 @@ async fn process_fn_calls_on_the_default_or_a_given_pool() {
 }
 
 fn main() {
-    let scenarios: [(&str, common::Scenario); 2] = [
-        (
-            "with_pool_is_the_default_inside_and_shut_down_after",
-            || Box::pin(with_pool_is_the_default_inside_and_shut_down_after()),
-        ),
-        ("process_fn_calls_on_the_default_or_a_given_pool", || {
-            Box::pin(process_fn_calls_on_the_default_or_a_given_pool())
-        }),
+    let scenarios = scenarios![
+        with_pool_is_the_default_inside_and_shut_down_after,
+        process_fn_calls_on_the_default_or_a_given_pool,
     ];
     common::main_with(common::trials_under(
         &[Runtime::Smol, Runtime::TokioMultiThread],

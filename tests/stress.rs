@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, spin, Runtime};
+use common::{children, eventually, open_fds, spin, Runtime};
 use offload::{ProcessPool, TaskError, TaskInfo};
 
 const TASKS: u64 = 10_000;
@@ -67,24 +67,6 @@ fn kind_of(roll: u64) -> Kind {
         82..=91 => Kind::Cancel,
         _ => Kind::Drop,
     }
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn children() -> Vec<u32> {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let rest = &stat[stat.rfind(')').unwrap() + 2..];
-                rest.split(' ').nth(1) == Some(me.as_str())
-            })
-        })
-        .collect()
 }
 
 fn check(kind: Kind, x: u64, result: &Result<u64, TaskError>) {

@@ -59,17 +59,10 @@ async fn task_within_its_timeout_keeps_its_worker() {
 }
 
 fn main() {
-    let scenarios: [(&str, common::Scenario); 3] = [
-        (
-            "overrunning_task_times_out_and_its_worker_is_stopped",
-            || Box::pin(overrunning_task_times_out_and_its_worker_is_stopped()),
-        ),
-        ("time_in_the_queue_does_not_count", || {
-            Box::pin(time_in_the_queue_does_not_count())
-        }),
-        ("task_within_its_timeout_keeps_its_worker", || {
-            Box::pin(task_within_its_timeout_keeps_its_worker())
-        }),
+    let scenarios = scenarios![
+        overrunning_task_times_out_and_its_worker_is_stopped,
+        time_in_the_queue_does_not_count,
+        task_within_its_timeout_keeps_its_worker,
     ];
     let runtimes = [Runtime::Smol, Runtime::TokioMultiThread];
     common::main_with(common::trials_under(&runtimes, &scenarios));

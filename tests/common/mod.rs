@@ -55,6 +55,14 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `[(name, scenario)]` for async fns that take no argument: `scenarios![a, b]`.
+#[macro_export]
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        [$((stringify!($name), (|| Box::pin($name())) as common::Scenario)),*]
+    };
+}
+
 /// A scenario, boxed so that a list of them can run under several runtimes.
 pub type Scenario = fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -123,6 +131,32 @@ impl Runtime {
             Runtime::TokioMultiThread => "tokio_multi_thread",
         }
     }
+}
+
+/// Whether process `pid` exists and has not exited (a zombie has).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap()..].starts_with(") Z"))
+}
+
+/// How many file descriptors this process has open.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// This process's children, alive or zombie.
+pub fn children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                rest.split(' ').nth(1) == Some(me.as_str())
+            })
+        })
+        .collect()
 }
 
 /// Whether process `pid` exists and is a child of this process.
