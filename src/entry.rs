@@ -324,7 +324,7 @@ pub(crate) fn build_id() -> u64 {
         PROTOCOL_VERSION.hash(&mut hasher);
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
         entry_of_val(layout_probe).hash(&mut hasher);
-        match rustix::fs::stat(crate::driver::worker_program()) {
+        match rustix::fs::stat(crate::process::worker_program()) {
             Ok(st) => {
                 (st.st_dev, st.st_ino, st.st_size).hash(&mut hasher);
                 (st.st_mtime, st.st_mtime_nsec).hash(&mut hasher);

@@ -65,6 +65,7 @@ mod executor;
 mod kill;
 mod map;
 mod pool;
+mod process;
 mod scope;
 mod state;
 mod task;
