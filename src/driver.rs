@@ -38,9 +38,17 @@ thread_local! {
     static ON_DRIVER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Whether the current thread is a pool's driver thread (where callbacks run).
-pub(crate) fn on_driver_thread() -> bool {
-    ON_DRIVER.with(|flag| flag.get())
+/// Blocks the current thread on `future`, for the synchronous twins (`wait`, `map_blocking`).
+///
+/// # Panics
+///
+/// On a pool's driver thread (in a task callback), where it would wait for itself forever.
+pub(crate) fn block_on<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    assert!(
+        !ON_DRIVER.with(|flag| flag.get()),
+        "{what} called on a pool's own thread (from a task callback), where it would wait forever"
+    );
+    futures_lite::future::block_on(future)
 }
 
 /// One task on its way to a worker.

@@ -222,6 +222,11 @@ impl ProcessPool {
     /// [`map`](ProcessPool::map) for synchronous code: blocks the current thread until every
     /// item has its result. Needs no runtime and does not deadlock.
     ///
+    /// # Panics
+    ///
+    /// When called from a task callback, which runs on the pool's own thread and would wait
+    /// for itself.
+    ///
     /// # Examples
     ///
     /// ```no_run
@@ -239,7 +244,7 @@ impl ProcessPool {
         I: IntoIterator<Item = F::Args>,
         I::IntoIter: Unpin,
     {
-        futures_lite::future::block_on(self.map(f, items))
+        crate::driver::block_on("ProcessPool::map_blocking", self.map(f, items))
     }
 
     /// A [`TaskBuilder`] for `f`: set per-task options (timeout, cancel timeout, callbacks),

@@ -462,11 +462,7 @@ impl<T> ProcessTask<T> {
     /// # Ok::<(), offload::Error>(())
     /// ```
     pub fn wait(mut self) -> Result<T, TaskError> {
-        assert!(
-            !crate::driver::on_driver_thread(),
-            "ProcessTask::wait called on the pool's own thread (from a task callback)"
-        );
-        futures_lite::future::block_on(&mut self)
+        crate::driver::block_on("ProcessTask::wait", &mut self)
     }
 }
 
@@ -569,8 +565,9 @@ impl<F: TaskFn<M>, M> TaskBuilder<F, M> {
     /// Runs `callback` when the task is sent to a worker (status `running`, pid set).
     ///
     /// Callbacks run on the pool's thread, in the order `on_start` → `on_done` or
-    /// `on_error`, each at most once; they should be quick. A callback that panics is logged
-    /// (through the `log` crate) and changes nothing else.
+    /// `on_error`, each at most once; they should be quick, and must not block on a pool
+    /// (`wait` and `map_blocking` panic there rather than wait forever). A callback that
+    /// panics is logged (through the `log` crate) and changes nothing else.
     ///
     /// The default value of this option is no callback.
     pub fn on_start(&mut self, callback: impl Fn(&TaskInfo) + Send + Sync + 'static) -> &mut Self {

@@ -133,11 +133,43 @@ async fn panicking_callback_changes_nothing_else() {
     );
 }
 
+async fn blocking_on_a_pool_in_a_callback_panics_instead_of_hanging() {
+    let pool = ProcessPool::new(1).unwrap();
+    let other = ProcessPool::new(1).unwrap();
+    let log = Log::default();
+    let tried = log.clone();
+    let mut task = pool
+        .task(sleep_ms)
+        .on_done(move |info: &TaskInfo| {
+            tried
+                .lock()
+                .unwrap()
+                .push(("tried", String::new(), info.clone()));
+            // On the driver thread this would wait for itself (or another pool's driver
+            // would, for all it knows): it panics, and the panic is caught.
+            let _ = other.spawn(sleep_ms, 1).wait();
+            tried
+                .lock()
+                .unwrap()
+                .push(("waited", String::new(), info.clone()));
+        })
+        .spawn(1);
+    let pid = (&mut task).await.unwrap();
+    eventually("the callback ran", || names(&log) == ["tried"]).await;
+    assert_eq!(
+        pool.spawn(sleep_ms, 1).await.unwrap(),
+        pid,
+        "the pool serves on"
+    );
+    assert_eq!(names(&log), ["tried"], "the blocking call did not return");
+}
+
 fn main() {
     let scenarios = scenarios![
         success_runs_on_start_then_on_done_on_the_driver_thread,
         on_error_fires_once_for_panic_timeout_and_cancellations,
         panicking_callback_changes_nothing_else,
+        blocking_on_a_pool_in_a_callback_panics_instead_of_hanging,
     ];
     let runtimes = [Runtime::Smol, Runtime::TokioMultiThread];
     common::main_with(common::trials_under(&runtimes, &scenarios));
