@@ -23,6 +23,20 @@
 //! }
 //! ```
 //!
+//! # What is here
+//!
+//! - [`ProcessPool`] ([`PoolBuilder`]): `spawn`, `spawn_async`, per-task options with
+//!   [`task`](ProcessPool::task) ([`TaskBuilder`]: timeout, cancel timeout, callbacks), `map`,
+//!   `map_unordered`, `map_blocking`, `shutdown`, `shutdown_now`, `stats`, `tasks`.
+//! - [`ProcessTask`]: the future and its metadata ([`TaskStatus`], [`TaskInfo`]), `cancel`,
+//!   `cancel_and_wait`, `detach`, `wait`. Dropping a task cancels it.
+//! - [`to_process`], [`default_pool`], [`set_default_pool`], [`with_pool`] (a scoped default)
+//!   and [`process_fn`]: the process-wide default pool, like Python's `asyncio.to_process`.
+//! - [`Executor`]: what a library accepts so its caller picks between a [`ProcessPool`] and
+//!   [`Isolated`], a fresh process per call.
+//! - [`TaskScope`]: a group of tasks that all end with it.
+//! - [`TaskError`] for one task, [`Error`] for the pool.
+//!
 //! # Task functions
 //!
 //! A task function is a function item or a closure that captures nothing, whose arguments and
@@ -39,6 +53,9 @@
 //! - Workers are started as `/proc/self/exe --worker` (the current executable elsewhere), in a
 //!   process group of their own, with the parent's environment and stderr. They exit when their
 //!   stdin closes, and on Linux they are killed when the parent dies (`PR_SET_PDEATHSIG`).
+//! - With [`PoolBuilder::memory_limit`], workers' stderr is piped through the parent (and
+//!   copied to its stderr) so that an allocation failure can be told apart from other aborts.
+//! - [`Isolated`] starts its driver thread on its first call.
 //! - async-process starts its own reaper thread, named `async-process`, on first use.
 //!
 //! # Features
