@@ -27,6 +27,10 @@ use crate::process::{forward_stderr, Lost, Process, Reply, Worker};
 use crate::state::{finished, report_end, report_start, Completion, EndNotices, Tally};
 use crate::trace;
 
+/// How long a slot waits for a stopped worker to exit before it leaves the rest of the stop to
+/// the background and starts a replacement.
+const QUICK_EXIT: Duration = Duration::from_millis(2);
+
 /// Longest pause between attempts to start a worker after failures.
 const MAX_RESPAWN_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -287,8 +291,7 @@ async fn run(
                 Stopping::Task { worker, task } => {
                     let state = state.clone();
                     work.push(Box::pin(async move {
-                        let reason = "its task was cancelled or timed out";
-                        worker.stop(task.options().cancel_timeout, reason).await;
+                        worker.finish_stop(task.options().cancel_timeout).await;
                         task.settle();
                         state.ended(&*task);
                         Finished::Stopped
@@ -545,8 +548,17 @@ async fn run_job(driver: &Driver, mut worker: Worker, job: Job) -> Option<Worker
                 task.fail(TaskError::TimedOut { after });
                 driver.state.ended(&*task);
             }
-            // Stopped in the background, so that the replacement starts at once.
-            let _ = driver.stopping.try_send(Stopping::Task { worker, task });
+            let grace = task.options().cancel_timeout;
+            worker.begin_stop(grace, "its task was cancelled or timed out");
+            // Most workers are gone a fraction of a millisecond after SIGTERM: reaped here,
+            // the task settles before the replacement's start-up competes for the CPUs. One
+            // that takes longer is stopped in the background, and the replacement starts now.
+            if worker.exited_within(QUICK_EXIT).await {
+                task.settle();
+                driver.state.ended(&*task);
+            } else {
+                let _ = driver.stopping.try_send(Stopping::Task { worker, task });
+            }
             return None;
         }
     }

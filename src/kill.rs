@@ -54,7 +54,29 @@ impl Pidfd {
 /// Stops `child`: `SIGTERM`, then `SIGKILL` if it is still alive after `grace` (at once for a
 /// zero grace), and reaps it. Returns its exit status when it could be read.
 pub(crate) async fn stop(child: &mut Child, pidfd: &Pidfd, grace: Duration) -> Option<ExitStatus> {
-    if !grace.is_zero() && pidfd.signal(Signal::TERM).is_ok() {
+    begin_stop(pidfd, grace);
+    finish_stop(child, pidfd, grace).await
+}
+
+/// The first step of [`stop`], which needs no waiting: `SIGTERM`, or `SIGKILL` for a zero
+/// grace.
+pub(crate) fn begin_stop(pidfd: &Pidfd, grace: Duration) {
+    let first = if grace.is_zero() {
+        Signal::KILL
+    } else {
+        Signal::TERM
+    };
+    let _ = pidfd.signal(first);
+}
+
+/// The rest of [`stop`] after [`begin_stop`]: waits up to `grace` for the exit, sends
+/// `SIGKILL` if it did not come, and reaps.
+pub(crate) async fn finish_stop(
+    child: &mut Child,
+    pidfd: &Pidfd,
+    grace: Duration,
+) -> Option<ExitStatus> {
+    if !grace.is_zero() {
         let exited = future::or(async { Some(child.status().await) }, async {
             Timer::after(grace).await;
             None
@@ -63,9 +85,9 @@ pub(crate) async fn stop(child: &mut Child, pidfd: &Pidfd, grace: Duration) -> O
         if let Some(status) = exited {
             return status.ok();
         }
+        // The child is not reaped yet (its status was not returned), so this reaches it alone.
+        let _ = pidfd.signal(Signal::KILL);
     }
-    // The child is not reaped yet (its status was not returned), so this reaches it alone.
-    let _ = pidfd.signal(Signal::KILL);
     child.status().await.ok()
 }
 

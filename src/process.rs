@@ -292,10 +292,34 @@ impl Worker {
     }
 
     /// Stops the worker (`SIGTERM`, `grace`, `SIGKILL`) and reaps it.
-    pub(crate) async fn stop(mut self, grace: Duration, reason: &str) {
+    pub(crate) async fn stop(self, grace: Duration, reason: &str) {
+        self.begin_stop(grace, reason);
+        self.finish_stop(grace).await;
+    }
+
+    /// Sends the first signal of a stop at once (`SIGTERM`, or `SIGKILL` for a zero grace),
+    /// so that the CPU is freed before anything else happens; see
+    /// [`finish_stop`](Worker::finish_stop).
+    pub(crate) fn begin_stop(&self, grace: Duration, reason: &str) {
         trace::worker_stopped(self.pid, reason);
+        kill::begin_stop(&self.pidfd, grace);
+    }
+
+    /// Waits up to `limit` for the worker to exit, and reaps it if it did.
+    pub(crate) async fn exited_within(&mut self, limit: Duration) -> bool {
+        // Dropping `status()` before it returns reaps nothing, so the pidfd stays valid.
+        future::or(async { self.child.status().await.is_ok() }, async {
+            Timer::after(limit).await;
+            false
+        })
+        .await
+    }
+
+    /// Waits out the grace of a stop begun with [`begin_stop`](Worker::begin_stop), kills if
+    /// needed, and reaps.
+    pub(crate) async fn finish_stop(mut self, grace: Duration) {
         drop(self.input);
-        kill::stop(&mut self.child, &self.pidfd, grace).await;
+        kill::finish_stop(&mut self.child, &self.pidfd, grace).await;
     }
 
     /// Asks an idle worker to exit and reaps it; kills it if it does not exit in time.
