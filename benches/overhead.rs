@@ -76,10 +76,12 @@ fn pin(cpu: Option<usize>) {
     let _ = rustix::thread::sched_setaffinity(None, &set);
 }
 
-/// The child side of the raw measurements: pinned to `cpu`, echo 16-byte messages, or one
-/// whole buffer at a time for `--raw-echo-bulk`.
-fn raw_echo(cpu: usize, bulk: bool) -> ! {
-    pin(Some(cpu));
+/// The child side of the raw measurements: pinned to `cpu` if given, echo 16-byte messages,
+/// or one whole buffer at a time for `--raw-echo-bulk`.
+fn raw_echo(cpu: Option<usize>, bulk: bool) -> ! {
+    if cpu.is_some() {
+        pin(cpu);
+    }
     let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
     let mut msg = vec![0u8; if bulk { ECHO_BYTES } else { 16 }];
     while input.read_exact(&mut msg).is_ok() {
@@ -104,15 +106,16 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// A raw child for `raw_echo`, with this thread pinned to CPU 0 and the child to `child_cpu`.
-fn raw_child(child_cpu: usize, bulk: bool) -> std::process::Child {
+/// A raw child for `raw_echo`, pinned to `child_cpu` if given.
+fn raw_child(child_cpu: Option<usize>, bulk: bool) -> std::process::Child {
     let mode = if bulk {
         "--raw-echo-bulk"
     } else {
         "--raw-echo"
     };
+    let cpu = child_cpu.map_or("any".to_string(), |c| c.to_string());
     Command::new(std::env::current_exe().unwrap())
-        .args([mode, &child_cpu.to_string()])
+        .args([mode, &cpu])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -121,7 +124,7 @@ fn raw_child(child_cpu: usize, bulk: bool) -> std::process::Child {
 
 fn raw_pipe_round_trips(child_cpu: usize) -> Vec<Duration> {
     pin(Some(0));
-    let mut child = raw_child(child_cpu, false);
+    let mut child = raw_child(Some(child_cpu), false);
     let (mut to, mut from) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
     let mut msg = [7u8; 16];
     let mut samples = Vec::with_capacity(ROUND_TRIPS);
@@ -137,9 +140,9 @@ fn raw_pipe_round_trips(child_cpu: usize) -> Vec<Duration> {
     samples
 }
 
+/// Echoes of `data` through a raw child, unpinned like offload's workers.
 fn raw_pipe_echoes(data: &[u8]) -> Vec<Duration> {
-    pin(Some(0));
-    let mut child = raw_child(1, true);
+    let mut child = raw_child(None, true);
     let (mut to, mut from) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
     let mut back = vec![0u8; data.len()];
     let mut samples = Vec::with_capacity(ECHOES);
@@ -153,7 +156,6 @@ fn raw_pipe_echoes(data: &[u8]) -> Vec<Duration> {
     }
     drop(to);
     child.wait().unwrap();
-    pin(None);
     samples
 }
 
@@ -308,8 +310,8 @@ fn main() {
     offload::init();
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("--raw-echo") => raw_echo(args[2].parse().unwrap(), false),
-        Some("--raw-echo-bulk") => raw_echo(args[2].parse().unwrap(), true),
+        Some("--raw-echo") => raw_echo(args[2].parse().ok(), false),
+        Some("--raw-echo-bulk") => raw_echo(args[2].parse().ok(), true),
         _ => {} // `cargo bench` passes `--bench`
     }
     let pool = ProcessPool::new(2).unwrap();
