@@ -5,10 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_channel::Sender;
-
-use crate::driver::{self, Job, PoolState};
 use serde::Serialize;
 
+use crate::driver::{self, Job, PoolState};
 use crate::entry::{entry_of, entry_of_async, func_name, AsyncTaskFn, TaskFn};
 use crate::error::{Error, TaskError};
 use crate::map::{Map, MapUnordered};
@@ -58,7 +57,7 @@ struct Inner {
 /// Task ids, unique across all pools of the process.
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 
-pub(crate) fn next_task_id() -> u64 {
+fn next_task_id() -> u64 {
     NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -355,7 +354,7 @@ impl ProcessPool {
             queued: state
                 .live()
                 .iter()
-                .filter(|task| task.info().status() == TaskStatus::Pending)
+                .filter(|task| task.status() == TaskStatus::Pending)
                 .count(),
             completed: state.tally.completed.load(Ordering::Relaxed),
             failed: state.tally.failed.load(Ordering::Relaxed),

@@ -58,6 +58,7 @@ pub(crate) type EndNotices = Sender<Arc<dyn Completion>>;
 pub(crate) trait Completion: Send + Sync {
     fn id(&self) -> u64;
     fn info(&self) -> TaskInfo;
+    fn status(&self) -> TaskStatus;
     fn options(&self) -> &TaskOptions;
     /// Marks the task as sent to worker `pid`. Returns `false` if it already ended (it was
     /// cancelled while queued), in which case it must not be sent.
@@ -100,7 +101,7 @@ pub(crate) fn report_end(task: &dyn Completion) {
     let options = task.options();
     #[cfg(feature = "tracing")]
     task.span().finished(&task.info());
-    let callback = match task.info().status() {
+    let callback = match task.status() {
         TaskStatus::Done => (&options.on_done, "on_done"),
         _ => (&options.on_error, "on_error"),
     };
@@ -311,6 +312,10 @@ impl<T: Send> Completion for Shared<T> {
         self.snapshot()
     }
 
+    fn status(&self) -> TaskStatus {
+        self.lock().meta.status
+    }
+
     fn options(&self) -> &TaskOptions {
         &self.options
     }
@@ -341,7 +346,7 @@ impl<T: Send> Completion for Shared<T> {
     }
 
     fn is_finished(&self) -> bool {
-        self.lock().meta.status.is_finished()
+        self.status().is_finished()
     }
 
     fn settle(&self) {
