@@ -2,7 +2,7 @@
 //!
 //! Offloads real CPU work (naive Fibonacci numbers) to a pool of worker processes, several
 //! tasks at once, while a ticker on the same async loop shows that the loop stays responsive.
-//! Prints what each task knows about itself.
+//! Prints what each task knows about itself, what the pool is doing, and what a cancel does.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,14 @@ fn main() -> Result<(), offload::Error> {
         let mut tasks: Vec<_> = (36..42).map(|n| (n, pool.spawn(fib, n))).collect();
         for (n, task) in &tasks {
             println!("fib({n}) spawned: {task:?}");
+        }
+        // A moment later the first tasks run, each in a worker with its own pid.
+        while pool.stats().busy < pool.workers().min(tasks.len()) {
+            Timer::after(Duration::from_millis(1)).await;
+        }
+        println!("{:?}", pool.stats());
+        for info in pool.tasks() {
+            println!("  {info:?}");
         }
 
         // A ticker on the same loop: it keeps ticking while the workers compute.
@@ -62,6 +70,19 @@ fn main() -> Result<(), offload::Error> {
 
         let sum = pool.spawn(|a: u64, b: u64| a + b, (40, 2)).await?;
         println!("a closure of two arguments: {sum}");
+
+        // Cancelling stops the work: the worker computing fib(60) is stopped and replaced.
+        let hopeless = pool.spawn(fib, 60);
+        while hopeless.pid().is_none() {
+            Timer::after(Duration::from_millis(1)).await;
+        }
+        println!("fib(60) runs: {hopeless:?}");
+        hopeless.cancel_and_wait().await;
+        println!("fib(60) cancelled: {hopeless:?}");
+        while pool.stats().workers < pool.workers() {
+            Timer::after(Duration::from_millis(1)).await; // the replacement is starting
+        }
+        println!("{:?}", pool.stats());
         println!("all done in {:?}", started.elapsed());
         Ok(())
     })
