@@ -420,7 +420,8 @@ async fn serve(
     waiting: &mut Option<Job>,
 ) -> End {
     let counters = &driver.state.counters;
-    let _serving = Gauge::up(&counters.workers);
+    // Counts the worker while it serves; dropped the moment it is known to be lost.
+    let mut serving = Some(Gauge::up(&counters.workers));
     let mut served = 0;
     loop {
         if driver.options.max_tasks_per_worker == Some(served) {
@@ -431,7 +432,7 @@ async fn serve(
             if !job.task.start(worker.pid) {
                 continue;
             }
-            match run_job(driver, worker, job).await {
+            match run_job(driver, worker, job, &mut serving).await {
                 Some(kept) => worker = kept,
                 None => return End::Replace,
             }
@@ -455,10 +456,12 @@ async fn serve(
                 return End::QueueClosed;
             }
             Idle::Worker(Ok(0)) | Idle::Worker(Err(_)) => {
+                serving.take();
                 worker.bury().await;
                 return End::Replace;
             }
             Idle::Worker(Ok(_)) => {
+                serving.take();
                 worker.stop(Duration::ZERO, "it wrote while idle").await;
                 return End::Replace;
             }
@@ -466,7 +469,7 @@ async fn serve(
         if !job.task.start(worker.pid) {
             continue; // ended while queued
         }
-        match run_job(driver, worker, job).await {
+        match run_job(driver, worker, job, &mut serving).await {
             Some(kept) => worker = kept,
             None => return End::Replace,
         }
@@ -475,8 +478,13 @@ async fn serve(
 }
 
 /// Runs a started job on `worker`. Returns the worker if it can serve on; `None` if it is gone
-/// or on its way out.
-async fn run_job(driver: &Driver, mut worker: Worker, job: Job) -> Option<Worker> {
+/// or on its way out, in which case `serving` was dropped as soon as that was known.
+async fn run_job<'a>(
+    driver: &Driver,
+    mut worker: Worker,
+    job: Job,
+    serving: &mut Option<Gauge<'a>>,
+) -> Option<Worker> {
     let _busy = Gauge::up(&driver.state.counters.busy);
     let task = job.task;
     report_start(&*task);
@@ -517,6 +525,7 @@ async fn run_job(driver: &Driver, mut worker: Worker, job: Job) -> Option<Worker
             task.fail(error);
         }
         Step::Reply(Err(lost @ (Lost::Died | Lost::CutShort))) => {
+            serving.take();
             let error = match (worker.bury().await, lost) {
                 // Killed while writing: a death. Exiting mid-frame on its own: a broken frame.
                 (
@@ -537,6 +546,7 @@ async fn run_job(driver: &Driver, mut worker: Worker, job: Job) -> Option<Worker
             return None;
         }
         Step::Reply(Err(Lost::Broken(msg))) => {
+            serving.take();
             worker.stop(Duration::ZERO, "it broke the protocol").await;
             task.fail(TaskError::Protocol(msg));
             task.settle();
@@ -544,6 +554,7 @@ async fn run_job(driver: &Driver, mut worker: Worker, job: Job) -> Option<Worker
             return None;
         }
         Step::Ended | Step::TimedOut(_) => {
+            serving.take();
             if let Step::TimedOut(after) = step {
                 task.fail(TaskError::TimedOut { after });
                 driver.state.ended(&*task);

@@ -74,8 +74,34 @@ async fn stats_and_tasks_follow_the_work() {
     assert!(pool.tasks().is_empty());
 }
 
+/// Becomes another program: the protocol pipes close (close-on-exec), the process lives on.
+fn become_sleep() -> u32 {
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new("sleep").arg("30").exec();
+    panic!("exec failed: {err}")
+}
+
+async fn a_lost_worker_stops_counting_at_once() {
+    let pool = ProcessPool::new(1).unwrap();
+    eventually("the worker is up", || pool.stats().workers == 1).await;
+    let task = pool.spawn(become_sleep, ());
+    // The worker's output ends but its process runs on for the 2 s grace before it is
+    // killed; it must not be counted as serving meanwhile.
+    eventually("the lost worker is no longer counted", || {
+        pool.stats().workers == 0
+    })
+    .await;
+    assert_eq!(task.status(), TaskStatus::Running, "still being buried");
+    let err = task.await.unwrap_err();
+    assert!(err.is_protocol(), "{err:?}");
+    eventually("the replacement serves", || pool.stats().workers == 1).await;
+}
+
 fn main() {
-    let scenarios = scenarios![stats_and_tasks_follow_the_work];
+    let scenarios = scenarios![
+        stats_and_tasks_follow_the_work,
+        a_lost_worker_stops_counting_at_once
+    ];
     common::main_with(common::trials_under(
         &[Runtime::Smol, Runtime::TokioMultiThread],
         &scenarios,
