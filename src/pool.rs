@@ -580,6 +580,11 @@ impl PoolBuilder {
     /// to its own stderr), and the pool replaces the worker. Address space is more than
     /// resident memory: leave room for the program's code, libraries and thread stacks.
     ///
+    /// # Caveats
+    ///
+    /// The pool's thread copies the workers' stderr to this process's stderr; if that stderr
+    /// blocks (a full pipe that nobody reads), the pool waits with it.
+    ///
     /// The default value of this option is no limit. Zero is refused by
     /// [`build`](PoolBuilder::build).
     pub fn memory_limit(&mut self, bytes: u64) -> &mut PoolBuilder {
