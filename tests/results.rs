@@ -110,10 +110,30 @@ fn workers_start_at_build_and_default_to_the_cpu_count() {
     assert!(ProcessPool::new(0).is_err(), "zero workers is refused");
 }
 
+/// The command line the worker was started with.
+fn worker_command_line() -> Vec<String> {
+    std::env::args().collect()
+}
+
+fn workers_get_no_arguments_of_the_parent() {
+    let pool = ProcessPool::new(1).unwrap();
+    let args = pool.spawn(worker_command_line, ()).wait().unwrap();
+    assert_eq!(args.len(), 2, "{args:?}");
+    assert_eq!(args[1], "--worker");
+    assert!(
+        args[0].ends_with("self/exe") || args[0].contains("results"),
+        "{args:?}"
+    );
+}
+
 fn main() {
     let mut trials: Vec<Trial> = RUNTIMES.iter().map(|&rt| under(rt)).collect();
     trials.extend([
         trial("wait_from_plain_code", wait_from_plain_code),
+        trial(
+            "workers_get_no_arguments_of_the_parent",
+            workers_get_no_arguments_of_the_parent,
+        ),
         trial("wait_from_plain_threads", wait_from_plain_threads),
         trial("thousand_concurrent_tasks", thousand_concurrent_tasks),
         trial(
