@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use async_io::Timer;
@@ -423,75 +423,93 @@ async fn serve(
     // Counts the worker while it serves; dropped the moment it is known to be lost.
     let mut serving = Some(Gauge::up(&counters.workers));
     let mut served = 0;
+    // A job already started by the previous `run_job`, and whether it was written.
+    let mut following: Option<(Job, bool)> = None;
     loop {
-        if driver.options.max_tasks_per_worker == Some(served) {
-            let _ = driver.stopping.try_send(Stopping::Retire(worker));
-            return End::Replace;
-        }
-        if let Some(job) = waiting.take() {
-            if !job.task.start(worker.pid) {
-                continue;
-            }
-            match run_job(driver, worker, job, &mut serving).await {
-                Some(kept) => worker = kept,
-                None => return End::Replace,
-            }
-            served += 1;
-            continue;
-        }
-        let idle = future::or(
-            async {
-                match queue.recv().await {
-                    Ok(job) => Idle::Job(job),
-                    Err(_) => Idle::QueueClosed,
+        let (job, written) = match following.take() {
+            Some(following) => following,
+            None => {
+                if driver.options.max_tasks_per_worker == Some(served) {
+                    let _ = driver.stopping.try_send(Stopping::Retire(worker));
+                    return End::Replace;
                 }
-            },
-            async { Idle::Worker(worker.output.fill_buf().await.map(|b| b.len())) },
-        )
-        .await;
-        let job = match idle {
-            Idle::Job(job) => job,
-            Idle::QueueClosed => {
-                worker.shut_down().await;
-                return End::QueueClosed;
-            }
-            Idle::Worker(Ok(0)) | Idle::Worker(Err(_)) => {
-                serving.take();
-                worker.bury().await;
-                return End::Replace;
-            }
-            Idle::Worker(Ok(_)) => {
-                serving.take();
-                worker.stop(Duration::ZERO, "it wrote while idle").await;
-                return End::Replace;
+                let job = match waiting.take() {
+                    Some(job) => job,
+                    None => match wait_idle(&mut worker, queue).await {
+                        Idle::Job(job) => job,
+                        Idle::QueueClosed => {
+                            worker.shut_down().await;
+                            return End::QueueClosed;
+                        }
+                        Idle::Worker(Ok(0)) | Idle::Worker(Err(_)) => {
+                            serving.take();
+                            worker.bury().await;
+                            return End::Replace;
+                        }
+                        Idle::Worker(Ok(_)) => {
+                            serving.take();
+                            worker.stop(Duration::ZERO, "it wrote while idle").await;
+                            return End::Replace;
+                        }
+                    },
+                };
+                if !job.task.start(worker.pid) {
+                    continue; // ended while queued
+                }
+                (job, false)
             }
         };
-        if !job.task.start(worker.pid) {
-            continue; // ended while queued
-        }
-        match run_job(driver, worker, job, &mut serving).await {
-            Some(kept) => worker = kept,
+        // The next job may follow this one only while the worker may take it.
+        let may_follow = driver
+            .options
+            .max_tasks_per_worker
+            .map_or(true, |max| served + 2 <= max);
+        let queue = may_follow.then_some(queue);
+        match run_job(driver, worker, job, written, queue, &mut serving).await {
+            Some((kept, next)) => {
+                worker = kept;
+                following = next;
+            }
             None => return End::Replace,
         }
         served += 1;
     }
 }
 
-/// Runs a started job on `worker`. Returns the worker if it can serve on; `None` if it is gone
-/// or on its way out, in which case `serving` was dropped as soon as that was known.
+/// Waits for a job for an idle worker, or for the worker to write or end on its own.
+async fn wait_idle(worker: &mut Worker, queue: &Receiver<Job>) -> Idle {
+    future::or(
+        async {
+            match queue.recv().await {
+                Ok(job) => Idle::Job(job),
+                Err(_) => Idle::QueueClosed,
+            }
+        },
+        async { Idle::Worker(worker.output.fill_buf().await.map(|b| b.len())) },
+    )
+    .await
+}
+
+/// Runs a started job on `worker` (writing its frame unless `written`). Returns the worker if
+/// it can serve on, with the next job from `queue` already started when there was one, and
+/// written when small: the worker then gets it before this job's result is handed out. Returns `None`
+/// if the worker is gone or on its way out, in which case `serving` was dropped as soon as
+/// that was known. The flag beside the next job says whether its frame was written.
 async fn run_job<'a>(
     driver: &Driver,
     mut worker: Worker,
     job: Job,
+    written: bool,
+    queue: Option<&Receiver<Job>>,
     serving: &mut Option<Gauge<'a>>,
-) -> Option<Worker> {
+) -> Option<(Worker, Option<(Job, bool)>)> {
     let _busy = Gauge::up(&driver.state.counters.busy);
     let task = job.task;
     report_start(&*task);
     let timeout = task.options().timeout;
     let step = {
         let exchange = async {
-            if worker.input.write_all(&job.frame).await.is_err() {
+            if !written && worker.input.write_all(&job.frame).await.is_err() {
                 return Err(Lost::Died);
             }
             worker.reply(job.id).await
@@ -516,13 +534,29 @@ async fn run_job<'a>(
         )
         .await
     };
+    // The task ended when its reply arrived, whatever is done before it is handed out.
+    let replied_at = Instant::now();
     drop(job.frame);
+    let mut next = None;
+    if let Step::Reply(Ok(_)) = step {
+        // The worker is idle: give it the next job before handing this result out, if its
+        // frame fits in the pipe at once (a larger one would delay this result).
+        next = queue.and_then(next_started(worker.pid)).map(|job| {
+            let write_now = job.frame.len() <= EARLY_WRITE;
+            (job, write_now)
+        });
+        if let Some((next, true)) = &next {
+            report_start(&*next.task);
+            // A failed write shows as the worker's loss when its reply is read.
+            let _ = worker.input.write_all(&next.frame).await;
+        }
+    }
     match step {
         Step::Reply(Ok(Reply::Done { payload_start })) => {
-            task.succeed(&worker.buf[payload_start..]);
+            task.replied(Ok(&worker.buf[payload_start..]), replied_at);
         }
         Step::Reply(Ok(Reply::Failed(error))) => {
-            task.fail(error);
+            task.replied(Err(error), replied_at);
         }
         Step::Reply(Err(lost @ (Lost::Died | Lost::CutShort))) => {
             serving.take();
@@ -575,5 +609,20 @@ async fn run_job<'a>(
     }
     task.settle();
     driver.state.ended(&*task);
-    Some(worker)
+    Some((worker, next))
+}
+
+/// The largest frame written to a worker before the result of its previous job is handed out:
+/// one that small fits in any pipe buffer at once.
+const EARLY_WRITE: usize = 64 * 1024;
+
+/// Takes the next job from a queue that has one ready and starts it on worker `pid`,
+/// skipping jobs that ended while queued.
+fn next_started(pid: u32) -> impl FnOnce(&Receiver<Job>) -> Option<Job> {
+    move |queue| loop {
+        let job = queue.try_recv().ok()?;
+        if job.task.start(pid) {
+            return Some(job);
+        }
+    }
 }

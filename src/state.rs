@@ -63,8 +63,9 @@ pub(crate) trait Completion: Send + Sync {
     /// Marks the task as sent to worker `pid`. Returns `false` if it already ended (it was
     /// cancelled while queued), in which case it must not be sent.
     fn start(&self, pid: u32) -> bool;
-    /// Ends the task with the encoded result `payload`.
-    fn succeed(&self, payload: &[u8]);
+    /// Ends the task with its worker's reply, received at `at`: the encoded result, or why
+    /// there is none.
+    fn replied(&self, reply: Result<&[u8], TaskError>, at: Instant);
     /// Ends the task with `error`; returns whether this call ended it.
     fn fail(&self, error: TaskError) -> bool;
     /// Cancels the task if it has not ended; returns whether it did.
@@ -268,13 +269,18 @@ impl<T> Shared<T> {
 
     /// Ends the task once; later calls are ignored. Returns whether this call ended it.
     pub(crate) fn finish(&self, outcome: Result<T, TaskError>) -> bool {
+        self.finish_at(outcome, Instant::now())
+    }
+
+    /// [`finish`](Shared::finish), with the end time given.
+    fn finish_at(&self, outcome: Result<T, TaskError>, at: Instant) -> bool {
         let waker = {
             let mut state = self.lock();
             if state.meta.status.is_finished() {
                 return false;
             }
             let meta = &mut state.meta;
-            meta.ended_at = Some(Instant::now());
+            meta.ended_at = Some(at);
             match &outcome {
                 Ok(_) => meta.status = TaskStatus::Done,
                 Err(error) => {
@@ -331,14 +337,16 @@ impl<T: Send> Completion for Shared<T> {
         true
     }
 
-    fn succeed(&self, payload: &[u8]) {
-        let outcome = (self.decode)(payload)
-            .map_err(|e| TaskError::Decode(format!("result of `{}`: {e}", self.func_name)));
-        self.finish(outcome);
-    }
-
     fn fail(&self, error: TaskError) -> bool {
         self.finish(Err(error))
+    }
+
+    fn replied(&self, reply: Result<&[u8], TaskError>, at: Instant) {
+        let outcome = reply.and_then(|payload| {
+            (self.decode)(payload)
+                .map_err(|e| TaskError::Decode(format!("result of `{}`: {e}", self.func_name)))
+        });
+        self.finish_at(outcome, at);
     }
 
     fn cancel(&self) -> bool {

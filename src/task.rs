@@ -643,7 +643,7 @@ mod tests {
     fn debug_after_completion_has_pid_and_four_decimals() {
         let (shared, task) = task();
         assert!(shared.start(4242));
-        shared.succeed(&rmp_serde::to_vec(&5u64).unwrap());
+        shared.replied(Ok(&rmp_serde::to_vec(&5u64).unwrap()), Instant::now());
         let text = format!("{task:?}");
         assert!(
             text.starts_with("<ProcessTask func='fib' status='done' pid=4242 duration=0.0"),
@@ -658,7 +658,7 @@ mod tests {
     fn finish_happens_once_and_start_after_end_is_refused() {
         let (shared, task) = task();
         assert!(shared.fail(TaskError::Cancelled));
-        shared.succeed(&rmp_serde::to_vec(&5u64).unwrap());
+        shared.replied(Ok(&rmp_serde::to_vec(&5u64).unwrap()), Instant::now());
         assert!(!shared.start(1));
         assert_eq!(task.status(), "cancelled");
         assert_eq!(task.pid(), None);
@@ -671,7 +671,7 @@ mod tests {
     fn undecodable_result_fails_with_decode() {
         let (shared, task) = task();
         assert!(shared.start(7));
-        shared.succeed(b"\xc1");
+        shared.replied(Ok(b"\xc1"), Instant::now());
         assert_eq!(task.status(), TaskStatus::Failed);
         assert!(!shared.is_settled(), "its worker is the driver's to settle");
         assert!(matches!(task.wait(), Err(TaskError::Decode(_))));
