@@ -140,23 +140,36 @@ fn raw_pipe_round_trips(child_cpu: usize) -> Vec<Duration> {
     samples
 }
 
-/// Echoes of `data` through a raw child, unpinned like offload's workers.
-fn raw_pipe_echoes(data: &[u8]) -> Vec<Duration> {
+/// Echoes of `data`, alternately through a raw child (unpinned, like offload's workers) and
+/// through the pool, so that both series see the same machine: (raw, offload).
+fn echoes(pool: &ProcessPool, data: &[u8]) -> (Vec<Duration>, Vec<Duration>) {
     let mut child = raw_child(None, true);
     let (mut to, mut from) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
     let mut back = vec![0u8; data.len()];
-    let mut samples = Vec::with_capacity(ECHOES);
-    for _ in 0..ECHOES {
+    let (mut raw, mut offloaded) = (Vec::new(), Vec::new());
+    for round in 0..=ECHOES {
         let start = Instant::now();
         std::thread::scope(|s| {
             s.spawn(|| to.write_all(data).unwrap());
             from.read_exact(&mut back).unwrap();
         });
-        samples.push(start.elapsed());
+        let raw_time = start.elapsed();
+
+        let buffer = ByteBuf::from(data.to_vec()); // the copy is the caller's, not timed
+        let start = Instant::now();
+        let echoed = pool.spawn(echo, buffer).wait().unwrap();
+        let offload_time = start.elapsed();
+        assert_eq!(echoed.len(), data.len());
+
+        if round > 0 {
+            // Round 0 warms both paths up (fresh buffers fault their pages in).
+            raw.push(raw_time);
+            offloaded.push(offload_time);
+        }
     }
     drop(to);
     child.wait().unwrap();
-    samples
+    (raw, offloaded)
 }
 
 async fn offload_round_trips(pool: &ProcessPool) -> Vec<Duration> {
@@ -168,19 +181,6 @@ async fn offload_round_trips(pool: &ProcessPool) -> Vec<Duration> {
         assert_eq!(v, i + 1);
     }
     samples
-}
-
-fn offload_echoes(pool: &ProcessPool, data: &[u8]) -> Vec<Duration> {
-    (0..ECHOES)
-        .map(|_| {
-            let buffer = ByteBuf::from(data.to_vec()); // the copy is the caller's, not timed
-            let start = Instant::now();
-            let back = pool.spawn(echo, buffer).wait().unwrap();
-            let elapsed = start.elapsed();
-            assert_eq!(back.len(), data.len());
-            elapsed
-        })
-        .collect()
 }
 
 fn cold_starts() -> Vec<Duration> {
@@ -317,6 +317,10 @@ fn main() {
     let pool = ProcessPool::new(2).unwrap();
     pool.spawn(trivial, 0).wait().unwrap(); // workers are ready
 
+    let data: Vec<u8> = (0..ECHO_BYTES).map(|i| (i * 7 % 251) as u8).collect();
+    let (mut raw_echoes, mut offload_echoes) = echoes(&pool, &data);
+    let (raw_echo50, _) = percentiles(&mut raw_echoes);
+    let (echo50, _) = percentiles(&mut offload_echoes);
     let (same50, same99) = percentiles(&mut raw_pipe_round_trips(0));
     let (cross50, cross99) = percentiles(&mut raw_pipe_round_trips(1));
     let (smol50, smol99) = percentiles(&mut smol::block_on(offload_round_trips(&pool)));
@@ -325,9 +329,6 @@ fn main() {
         .build()
         .unwrap();
     let (tokio50, tokio99) = percentiles(&mut tokio_rt.block_on(offload_round_trips(&pool)));
-    let data: Vec<u8> = (0..ECHO_BYTES).map(|i| (i * 7 % 251) as u8).collect();
-    let (raw_echo50, _) = percentiles(&mut raw_pipe_echoes(&data));
-    let (echo50, _) = percentiles(&mut offload_echoes(&pool, &data));
     let (cold50, cold99) = percentiles(&mut cold_starts());
     let (mut reaped, mut replaced) = cancels();
     let (reaped50, reaped99) = percentiles(&mut reaped);
