@@ -14,6 +14,7 @@
 //! 9. parent memory per queued task, with 100,000 tasks queued at once.
 
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -145,6 +146,10 @@ fn raw_pipe_round_trips(child_cpu: usize) -> Vec<Duration> {
 fn echoes(pool: &ProcessPool, data: &[u8]) -> (Vec<Duration>, Vec<Duration>) {
     let mut child = raw_child(None, true);
     let (mut to, mut from) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    // The same 1 MiB pipes as offload's workers: the floor is what the system allows.
+    for pipe in [to.as_fd(), from.as_fd()] {
+        rustix::pipe::fcntl_setpipe_size(pipe, 1 << 20).unwrap();
+    }
     let mut back = vec![0u8; data.len()];
     let (mut raw, mut offloaded) = (Vec::new(), Vec::new());
     for round in 0..=ECHOES {
