@@ -322,6 +322,39 @@ impl ProcessPool {
         self.inner.state.stopped().await;
     }
 
+    /// [`shutdown`](ProcessPool::shutdown) for synchronous code: blocks the current thread
+    /// until every worker is reaped.
+    ///
+    /// # Panics
+    ///
+    /// When called from a task callback, which runs on a pool's own thread.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = offload::ProcessPool::new(2)?;
+    /// let task = pool.spawn(square, 3);
+    /// pool.shutdown_blocking();
+    /// assert_eq!(task.wait()?, 9);
+    /// # Ok::<(), offload::Error>(())
+    /// ```
+    pub fn shutdown_blocking(&self) {
+        crate::driver::block_on("ProcessPool::shutdown_blocking", self.shutdown());
+    }
+
+    /// [`shutdown_now`](ProcessPool::shutdown_now) for synchronous code: blocks the current
+    /// thread until every worker is reaped.
+    ///
+    /// # Panics
+    ///
+    /// When called from a task callback, which runs on a pool's own thread.
+    pub fn shutdown_now_blocking(&self) {
+        crate::driver::block_on("ProcessPool::shutdown_now_blocking", self.shutdown_now());
+    }
+
     /// Whether the pool has stopped taking tasks.
     pub fn is_closed(&self) -> bool {
         self.inner.jobs.is_closed()

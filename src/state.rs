@@ -252,6 +252,14 @@ impl<T> Shared<T> {
         self.lock().settled
     }
 
+    /// Takes the outcome if it is there and was not taken yet.
+    pub(crate) fn try_take(&self) -> Option<Result<T, TaskError>> {
+        let mut state = self.lock();
+        let outcome = state.outcome.take()?;
+        state.taken = true;
+        Some(outcome)
+    }
+
     /// Takes the outcome if it is there, else stores `waker` to be woken when it is.
     pub(crate) fn poll_outcome(&self, waker: &Waker) -> Option<Result<T, TaskError>> {
         let mut state = self.lock();

@@ -464,6 +464,43 @@ impl<T> ProcessTask<T> {
     pub fn wait(mut self) -> Result<T, TaskError> {
         crate::driver::block_on("ProcessTask::wait", &mut self)
     }
+
+    /// The result if the task has ended, without blocking; `None` while it is queued or
+    /// running. Once it returned `Some`, the result is taken: later calls return `None`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = offload::ProcessPool::new(1)?;
+    /// let mut task = pool.spawn(square, 7);
+    /// let result = loop {
+    ///     if let Some(result) = task.try_wait() {
+    ///         break result;
+    ///     }
+    ///     // ... other work of a synchronous loop ...
+    /// };
+    /// assert_eq!(result?, 49);
+    /// # Ok::<(), offload::Error>(())
+    /// ```
+    pub fn try_wait(&mut self) -> Option<Result<T, TaskError>> {
+        self.shared.try_take()
+    }
+
+    /// [`cancel_and_wait`](ProcessTask::cancel_and_wait) for synchronous code: cancels the
+    /// task and blocks until no process works on it any more.
+    ///
+    /// # Panics
+    ///
+    /// When called from a task callback, which runs on a pool's own thread.
+    pub fn cancel_and_wait_blocking(&self) -> bool {
+        crate::driver::block_on(
+            "ProcessTask::cancel_and_wait_blocking",
+            self.cancel_and_wait(),
+        )
+    }
 }
 
 /// Tells the driver that `task` ended away from its thread, so that it runs the callbacks;

@@ -90,6 +90,40 @@ fn wait_from_plain_threads() {
     assert_eq!(squares, [0, 1, 4, 9]);
 }
 
+fn sync_twins_from_plain_code() {
+    let pool = ProcessPool::new(2).unwrap();
+    let mut task = pool.spawn(square, 9);
+    let result = loop {
+        if let Some(result) = task.try_wait() {
+            break result;
+        }
+        std::thread::yield_now();
+    };
+    assert_eq!(result.unwrap(), 81);
+    assert!(task.try_wait().is_none(), "the result was taken");
+
+    let spinning = pool.spawn(common::spin, ());
+    common::wait_until("it spins", || spinning.status() == "running");
+    let pid = spinning.pid().unwrap();
+    assert!(spinning.cancel_and_wait_blocking());
+    assert!(!common::is_our_child(pid), "reaped when it returns");
+
+    let queued = pool.spawn(square, 4);
+    pool.shutdown_blocking();
+    assert_eq!(
+        queued.wait().unwrap(),
+        16,
+        "drained before the workers stopped"
+    );
+    assert!(pool.spawn(square, 1).wait().unwrap_err().is_pool_closed());
+
+    let other = ProcessPool::new(1).unwrap();
+    let running = other.spawn(common::spin, ());
+    common::wait_until("it spins", || running.status() == "running");
+    other.shutdown_now_blocking();
+    assert!(running.wait().unwrap_err().is_cancelled());
+}
+
 fn thousand_concurrent_tasks() {
     let pool = ProcessPool::new(2).unwrap();
     Runtime::Smol.block_on(async move {
@@ -135,6 +169,7 @@ fn main() {
             workers_get_no_arguments_of_the_parent,
         ),
         trial("wait_from_plain_threads", wait_from_plain_threads),
+        trial("sync_twins_from_plain_code", sync_twins_from_plain_code),
         trial("thousand_concurrent_tasks", thousand_concurrent_tasks),
         trial(
             "workers_start_at_build_and_default_to_the_cpu_count",
