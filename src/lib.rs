@@ -27,9 +27,11 @@
 //!
 //! - [`ProcessPool`] ([`PoolBuilder`]): `spawn`, `spawn_async`, per-task options with
 //!   [`task`](ProcessPool::task) ([`TaskBuilder`]: timeout, cancel timeout, callbacks), `map`,
-//!   `map_unordered`, `map_blocking`, `shutdown`, `shutdown_now`, `stats`, `tasks`.
+//!   `map_unordered`, `map_blocking`, `shutdown`, `shutdown_now` (and their `_blocking`
+//!   twins), `stats`, `tasks`.
 //! - [`ProcessTask`]: the future and its metadata ([`TaskStatus`], [`TaskInfo`]), `cancel`,
-//!   `cancel_and_wait`, `detach`, `wait`. Dropping a task cancels it.
+//!   `cancel_and_wait`, `detach`, and for synchronous code `wait`, `try_wait`,
+//!   `cancel_and_wait_blocking`. Dropping a task cancels it.
 //! - [`to_process`], [`default_pool`], [`set_default_pool`], [`with_pool`] (a scoped default)
 //!   and [`process_fn`]: the process-wide default pool, like Python's `asyncio.to_process`.
 //! - [`Executor`]: what a library accepts so its caller picks between a [`ProcessPool`] and
