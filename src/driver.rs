@@ -140,7 +140,7 @@ impl PoolState {
     }
 
     /// Reports the end of `task`: it leaves the live set and its callbacks run.
-    fn ended(&self, task: &dyn Completion) {
+    pub(crate) fn ended(&self, task: &dyn Completion) {
         self.unregister(task.id());
         report_end(task);
     }

@@ -515,9 +515,8 @@ pub(crate) fn submit<T: Send + 'static>(
         task: completion.clone(),
     };
     if jobs.try_send(job).is_err() {
-        state.unregister(id);
         shared.finish(Err(TaskError::PoolClosed));
-        report_end(&*completion);
+        state.ended(&*completion);
     }
     task
 }
