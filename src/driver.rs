@@ -112,10 +112,6 @@ impl PoolState {
         self.live_tasks().insert(task.id(), task);
     }
 
-    pub(crate) fn unregister(&self, id: u64) {
-        self.live_tasks().remove(&id);
-    }
-
     /// The tasks spawned and not yet reported ended.
     pub(crate) fn live(&self) -> Vec<Arc<dyn Completion>> {
         self.live_tasks().values().cloned().collect()
@@ -141,7 +137,7 @@ impl PoolState {
 
     /// Reports the end of `task`: it leaves the live set and its callbacks run.
     pub(crate) fn ended(&self, task: &dyn Completion) {
-        self.unregister(task.id());
+        self.live_tasks().remove(&task.id());
         report_end(task);
     }
 }
@@ -215,15 +211,15 @@ struct Driver {
     state: Arc<PoolState>,
     options: Options,
     /// Workers to stop in the background, so that their slots can start replacements at once.
-    stopping: Sender<Stopping>,
+    background: Sender<Background>,
 }
 
 /// Work for the driver beside its slots.
-enum Stopping {
+enum Background {
     /// Copy a worker's stderr to ours until it ends, watching for an allocation failure.
-    Forward(LocalFuture),
+    ForwardStderr(LocalFuture),
     /// Its task was cancelled or timed out: stop it within the task's cancel timeout.
-    Task {
+    Stop {
         worker: Worker,
         task: Arc<dyn Completion>,
     },
@@ -248,11 +244,11 @@ async fn run(
     notice_queue: Receiver<Arc<dyn Completion>>,
     state: &Arc<PoolState>,
 ) {
-    let (stopping, stopping_queue) = async_channel::unbounded::<Stopping>();
+    let (background, background_queue) = async_channel::unbounded::<Background>();
     let driver = Rc::new(Driver {
         state: state.clone(),
         options,
-        stopping,
+        background,
     });
     let mut slots = processes.len();
     let mut work: FuturesUnordered<LocalFuture> = processes
@@ -262,7 +258,7 @@ async fn run(
 
     enum Event {
         Finished(Option<Finished>),
-        Stop(Box<Stopping>),
+        Background(Box<Background>),
         Notice(Arc<dyn Completion>),
     }
     while slots > 0 || !work.is_empty() {
@@ -270,8 +266,8 @@ async fn run(
             async { Event::Finished(work.next().await) },
             future::or(
                 async {
-                    match stopping_queue.recv().await {
-                        Ok(stop) => Event::Stop(Box::new(stop)),
+                    match background_queue.recv().await {
+                        Ok(errand) => Event::Background(Box::new(errand)),
                         Err(_) => future::pending().await,
                     }
                 },
@@ -287,8 +283,8 @@ async fn run(
         match event {
             Event::Finished(Some(Finished::Slot)) => slots -= 1,
             Event::Finished(Some(Finished::Stopped)) | Event::Finished(None) => {}
-            Event::Stop(stop) => match *stop {
-                Stopping::Task { worker, task } => {
+            Event::Background(errand) => match *errand {
+                Background::Stop { worker, task } => {
                     let state = state.clone();
                     work.push(Box::pin(async move {
                         worker.finish_stop(task.options().cancel_timeout).await;
@@ -297,8 +293,8 @@ async fn run(
                         Finished::Stopped
                     }));
                 }
-                Stopping::Forward(forward) => work.push(forward),
-                Stopping::Retire(worker) => {
+                Background::ForwardStderr(forward) => work.push(forward),
+                Background::Retire(worker) => {
                     work.push(Box::pin(async move {
                         worker.shut_down().await;
                         Finished::Stopped
@@ -349,7 +345,9 @@ async fn slot(driver: Rc<Driver>, first: Option<Process>, queue: Receiver<Job>) 
                         let _ = saw.try_send(forward_stderr(stderr).await);
                         Finished::Stopped
                     });
-                    let _ = driver.stopping.try_send(Stopping::Forward(forward));
+                    let _ = driver
+                        .background
+                        .try_send(Background::ForwardStderr(forward));
                 }
                 if replacing {
                     counters.replaced.fetch_add(1, Ordering::Relaxed);
@@ -430,7 +428,7 @@ async fn serve(
             Some(following) => following,
             None => {
                 if driver.options.max_tasks_per_worker == Some(served) {
-                    let _ = driver.stopping.try_send(Stopping::Retire(worker));
+                    let _ = driver.background.try_send(Background::Retire(worker));
                     return End::Replace;
                 }
                 let job = match waiting.take() {
@@ -602,7 +600,9 @@ async fn run_job<'a>(
                 task.settle();
                 driver.state.ended(&*task);
             } else {
-                let _ = driver.stopping.try_send(Stopping::Task { worker, task });
+                let _ = driver
+                    .background
+                    .try_send(Background::Stop { worker, task });
             }
             return None;
         }
