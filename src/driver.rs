@@ -210,7 +210,8 @@ pub(crate) struct Options {
 struct Driver {
     state: Arc<PoolState>,
     options: Options,
-    /// Workers to stop in the background, so that their slots can start replacements at once.
+    /// Work done beside the slots: workers to stop or retire (so that their slots can start
+    /// replacements at once) and worker stderr to forward.
     background: Sender<Background>,
 }
 
@@ -218,12 +219,12 @@ struct Driver {
 enum Background {
     /// Copy a worker's stderr to ours until it ends, watching for an allocation failure.
     ForwardStderr(LocalFuture),
-    /// Its task was cancelled or timed out: stop it within the task's cancel timeout.
+    /// A worker whose task was cancelled or timed out: stop it within the cancel timeout.
     Stop {
         worker: Worker,
         task: Arc<dyn Completion>,
     },
-    /// It ran its share of tasks: let it exit.
+    /// A worker that ran its share of tasks: let it exit.
     Retire(Worker),
 }
 
