@@ -9,10 +9,11 @@ use std::sync::{Mutex, PoisonError};
 
 use futures_lite::future;
 
-use crate::entry::TaskFn;
 use crate::error::Error;
-use crate::pool::{call_of, encode_args, submit, ProcessPool};
-use crate::state::TaskOptions;
+use crate::func::{func_name, TaskFn};
+use crate::pool::submit::{call_of, encode_args, submit};
+use crate::pool::ProcessPool;
+use crate::task::options::TaskOptions;
 use crate::task::ProcessTask;
 
 static DEFAULT_POOL: Mutex<Option<ProcessPool>> = Mutex::new(None);
@@ -46,7 +47,11 @@ pub fn default_pool() -> Result<ProcessPool, Error> {
     Ok(pool)
 }
 
-/// Makes `pool` the default pool; returns the previous one, if any.
+/// Makes `pool` the default pool, or with `None` clears it, so that the next use creates a
+/// fresh one; returns the previous default, if any.
+///
+/// Clearing drops this module's handle only: the previous pool lives while other handles do,
+/// and it is returned so that the caller can [`shutdown`](ProcessPool::shutdown) it.
 ///
 /// # Examples
 ///
@@ -55,13 +60,13 @@ pub fn default_pool() -> Result<ProcessPool, Error> {
 /// let previous = offload::set_default_pool(offload::ProcessPool::new(2)?);
 /// assert!(previous.is_none());
 /// assert_eq!(offload::default_pool()?.workers(), 2);
+/// let mine = offload::set_default_pool(None).expect("the pool set above");
+/// mine.shutdown_blocking();
 /// # Ok::<(), offload::Error>(())
 /// ```
-pub fn set_default_pool(pool: ProcessPool) -> Option<ProcessPool> {
-    DEFAULT_POOL
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .replace(pool)
+pub fn set_default_pool(pool: impl Into<Option<ProcessPool>>) -> Option<ProcessPool> {
+    let mut slot = DEFAULT_POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    std::mem::replace(&mut *slot, pool.into())
 }
 
 /// Runs `f(args)` on the default pool, like Python's `asyncio.to_process`.
@@ -231,7 +236,7 @@ impl<F: Copy, M> Clone for ProcessFn<F, M> {
 impl<F, M> fmt::Debug for ProcessFn<F, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessFn")
-            .field("func", &crate::entry::func_name::<F>())
+            .field("func", &func_name::<F>())
             .field("pool", &self.pool)
             .finish()
     }

@@ -3,11 +3,10 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::entry::{AsyncTaskFn, TaskFn};
 use crate::error::TaskError;
-use crate::pool::{async_call_of, call_of, encode_args, submit, PoolBuilder, ProcessPool};
-use crate::state::TaskOptions;
-use crate::task::{ProcessTask, TaskBuilder};
+use crate::func::{AsyncTaskFn, TaskFn};
+use crate::pool::{PoolBuilder, ProcessPool, TaskBuilder};
+use crate::task::ProcessTask;
 
 /// The environment variable that caps how many processes [`Isolated::new`] runs at once.
 ///
@@ -77,13 +76,7 @@ pub trait Executor: sealed::Sealed + Send + Sync {
     where
         F: TaskFn<M>,
     {
-        let _ = f;
-        let call = call_of::<F, M>(TaskOptions::default());
-        submit(
-            self.pool().as_ref().map_err(Clone::clone),
-            call,
-            encode_args(&args),
-        )
+        self.task(f).spawn(args)
     }
 
     /// Runs the async `f(args)` in a worker process, as [`ProcessPool::spawn_async`].
@@ -91,19 +84,13 @@ pub trait Executor: sealed::Sealed + Send + Sync {
     where
         F: AsyncTaskFn<M>,
     {
-        let _ = f;
-        let call = async_call_of::<F, M>(TaskOptions::default());
-        submit(
-            self.pool().as_ref().map_err(Clone::clone),
-            call,
-            encode_args(&args),
-        )
+        self.task(f).spawn_async(args)
     }
 
     /// A [`TaskBuilder`] for per-task options, as [`ProcessPool::task`].
     fn task<F, M>(&self, f: F) -> TaskBuilder<F, M>
     where
-        F: TaskFn<M>,
+        F: Copy + Send + Sync + 'static,
     {
         let _ = f;
         TaskBuilder::new(self.pool())
@@ -162,11 +149,16 @@ impl Isolated {
         Isolated::with_max_procs(max_procs_from(std::env::var(MAX_PROCS_ENV).ok().as_deref()))
     }
 
-    /// An executor that runs at most `max_procs` processes at once (at least one).
+    /// An executor that runs at most `max_procs` processes at once (at most
+    /// [`MAX_PROCS_LIMIT`]).
+    ///
+    /// Zero is refused as [`ProcessPool::new(0)`](ProcessPool::new) is: every task spawned on
+    /// such an executor fails with [`TaskError::Spawn`] saying that a pool needs at least one
+    /// worker.
     pub fn with_max_procs(max_procs: usize) -> Isolated {
         Isolated {
             inner: Arc::new(IsolatedInner {
-                max_procs: max_procs.clamp(1, MAX_PROCS_LIMIT),
+                max_procs: max_procs.min(MAX_PROCS_LIMIT),
                 pool: Mutex::new(None),
             }),
         }
@@ -249,6 +241,7 @@ mod tests {
         assert_eq!(max_procs_from(Some("99999999999")), MAX_PROCS_LIMIT);
         assert_eq!(max_procs_from(Some("-2")), default);
         assert_eq!(max_procs_from(Some("many")), default);
-        assert_eq!(Isolated::with_max_procs(0).max_procs(), 1);
+        assert_eq!(Isolated::with_max_procs(0).max_procs(), 0);
+        assert_eq!(Isolated::with_max_procs(5000).max_procs(), MAX_PROCS_LIMIT);
     }
 }

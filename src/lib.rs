@@ -76,33 +76,33 @@
 #[cfg(not(unix))]
 compile_error!("offload supports Unix platforms only for now");
 
+// Layers, each importing only the ones above it (docs/architecture.md).
+mod child;
 mod default;
-mod driver;
-mod entry;
 mod error;
 mod executor;
-mod kill;
+mod func;
+mod launch;
 mod map;
 mod pool;
-mod process;
+mod protocol;
 mod scope;
-mod state;
+mod supervise;
+mod sys;
 mod task;
 mod trace;
-mod wire;
-mod worker;
 
 pub use crate::default::{
     default_pool, process_fn, set_default_pool, to_process, with_pool, ProcessFn,
 };
-pub use crate::entry::{AsyncTaskFn, TaskFn};
 pub use crate::error::{Error, TaskError};
 pub use crate::executor::{Executor, Isolated, MAX_PROCS_ENV, MAX_PROCS_LIMIT};
+pub use crate::func::{AsyncTaskFn, TaskFn};
 pub use crate::map::{Map, MapUnordered};
-pub use crate::pool::{PoolBuilder, PoolStats, ProcessPool};
+pub use crate::pool::{PoolBuilder, PoolStats, ProcessPool, TaskBuilder};
+pub use crate::protocol::MAX_FRAME_LEN;
 pub use crate::scope::TaskScope;
-pub use crate::task::{ProcessTask, TaskBuilder, TaskInfo, TaskStatus};
-pub use crate::wire::MAX_FRAME_LEN;
+pub use crate::task::{ProcessTask, TaskInfo, TaskStatus};
 
 /// Turns this process into a worker if it was started as one; otherwise returns at once.
 ///
@@ -121,7 +121,7 @@ pub use crate::wire::MAX_FRAME_LEN;
 // The example is about where the call goes in `main`.
 #[allow(clippy::needless_doctest_main)]
 pub fn init() {
-    worker::init();
+    child::init();
 }
 
 /// The README's example, compiled as a doctest so that it stays true.

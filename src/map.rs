@@ -1,32 +1,36 @@
 //! Many items through one function: [`Map`] and [`MapUnordered`], sent to workers in chunks.
 //!
-//! Items travel in chunks so that tiny items are not dominated by the cost of one message
-//! each. A chunk is one task whose payload is a list of separately encoded items; the worker
-//! runs each item under its own `catch_unwind` and answers with one separately encoded outcome
-//! per item, so one bad item (a panic, an undecodable value) never costs the others their
-//! results. If a chunk's worker dies, its items are retried one per task, so that only the
-//! item that kills its worker fails with `WorkerDied`.
+//! Items travel in chunks (see `protocol::chunk`) so that tiny items are not dominated by the
+//! cost of one message each; the worker runs each item under its own `catch_unwind`, so one bad
+//! item (a panic, an undecodable value) never costs the others their results. If a chunk's
+//! worker dies or the chunk times out, its items are retried one per task, so that only the
+//! item that kills its worker (or runs too long) fails.
 //!
 //! Chunk sizes adapt: small at first, then sized to take about [`TARGET_CHUNK_TIME`] in a
 //! worker, and never so large that the last chunks leave workers idle.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use std::{fmt, mem};
 
 use futures_lite::Stream;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::entry::{conjure, decode_args, encode_output, entry_for, func_name, TaskFn};
 use crate::error::TaskError;
-use crate::pool::{submit, Call, ProcessPool};
-use crate::state::TaskOptions;
+use crate::func::trampoline::chunk_entry_of;
+use crate::func::{func_name, TaskFn};
+use crate::pool::submit::{submit, Call};
+use crate::pool::{ProcessPool, TaskBuilder};
+use crate::protocol::chunk::{decode_chunk, EncodedItems};
+use crate::task::args::ArgsLayout;
+use crate::task::blocking::block_on;
+use crate::task::options::TaskOptions;
+use crate::task::shared::Decoder;
 use crate::task::ProcessTask;
-use crate::wire::CodecFailure;
 
 /// How long a chunk should take in a worker, once per-item times are known.
 const TARGET_CHUNK_TIME: Duration = Duration::from_millis(5);
@@ -38,182 +42,143 @@ const FIRST_CHUNK: usize = 1;
 /// memory of a long input.
 const CHUNKS_PER_WORKER: usize = 2;
 
-/// Outcome tags in a chunk's reply.
-const ITEM_OK: u8 = 0;
-const ITEM_PANICKED: u8 = 1;
-const ITEM_DECODE: u8 = 2;
-const ITEM_ENCODE: u8 = 3;
-
-/// Runs `F` on every item of a chunk, in the worker.
-fn chunk_trampoline<F: TaskFn<M>, M>(
-    payload: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), CodecFailure> {
-    let items = Segments::new(payload, false).map_err(CodecFailure::Decode)?;
-    out.extend_from_slice(&(items.count as u32).to_le_bytes());
-    let f = conjure::<F, M>();
-    for item in items {
-        let (_, item) = item.map_err(CodecFailure::Decode)?;
-        let segment = begin_segment(out, ITEM_OK);
-        let outcome = match decode_args::<F::Args>(item) {
-            Ok(args) => match crate::worker::catch(|| f.call(args)) {
-                Ok(output) => encode_output(out, &output).map(|()| ITEM_OK),
-                Err(panic) => {
-                    out.truncate(segment + 5);
-                    encode_output(out, &(panic.message, panic.location)).map(|()| ITEM_PANICKED)
-                }
-            },
-            Err(failure) => Err(failure),
-        };
-        match outcome {
-            Ok(tag) => end_segment(out, segment, tag),
-            Err(CodecFailure::Decode(msg)) => {
-                out.truncate(segment + 5);
-                out.extend_from_slice(msg.as_bytes());
-                end_segment(out, segment, ITEM_DECODE);
-            }
-            Err(CodecFailure::Encode(msg)) => {
-                out.truncate(segment + 5);
-                out.extend_from_slice(format!("result: {msg}").as_bytes());
-                end_segment(out, segment, ITEM_ENCODE);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Starts a `tag, u32 length, bytes` segment; returns where it starts.
-fn begin_segment(out: &mut Vec<u8>, tag: u8) -> usize {
-    let start = out.len();
-    out.push(tag);
-    out.extend_from_slice(&[0; 4]);
-    start
-}
-
-/// Writes the tag and length of the segment that starts at `start`.
-fn end_segment(out: &mut [u8], start: usize, tag: u8) {
-    let len = (out.len() - start - 5) as u32;
-    out[start] = tag;
-    out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
-}
-
-/// The segments of a chunk payload: a `u32` count, then per item an optional one-byte tag, a
-/// `u32` length and the bytes. Yields `(tag, bytes)`; untagged items read as [`ITEM_OK`].
-struct Segments<'a> {
-    rest: &'a [u8],
-    count: usize,
-    tagged: bool,
-}
-
-impl<'a> Segments<'a> {
-    fn new(payload: &'a [u8], tagged: bool) -> Result<Self, String> {
-        let (count, rest) = split_u32(payload).ok_or("chunk without an item count")?;
-        Ok(Segments {
-            rest,
-            count: count as usize,
-            tagged,
-        })
+impl ProcessPool {
+    /// Runs `f` on every item, in worker processes; resolves to one result per item, in input
+    /// order.
+    ///
+    /// A failing item (panic, codec error, the death of its worker) fails alone: every other
+    /// item still gets its result. Items are sent in chunks whose size adapts to how long an
+    /// item takes, so tiny items are not dominated by the cost of a message each; chunking is
+    /// invisible in the results. At most two chunks per worker are in flight, so a long input
+    /// is read as the work progresses. Dropping the future cancels what is left.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn fib(n: u64) -> u64 { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(2)?;
+    /// let results = pool.map(fib, 0..30).await;
+    /// assert_eq!(results[10].as_ref().ok(), Some(&55));
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn map<F, M, I>(&self, f: F, items: I) -> Map<I::IntoIter, F::Output>
+    where
+        F: TaskFn<M>,
+        I: IntoIterator<Item = F::Args>,
+    {
+        Map::new(self.map_unordered(f, items))
     }
 
-    fn split(&mut self) -> Option<(u8, &'a [u8])> {
-        let (tag, rest) = match self.tagged {
-            true => self.rest.split_first()?,
-            false => (&ITEM_OK, self.rest),
-        };
-        let (len, rest) = split_u32(rest)?;
-        let (bytes, rest) = rest.split_at_checked(len as usize)?;
-        self.rest = rest;
-        Some((*tag, bytes))
+    /// Like [`map`](ProcessPool::map), as a [`Stream`](futures_lite::Stream) of
+    /// `(index, result)` pairs in the order the items finish.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// use futures_lite::StreamExt;
+    ///
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(2)?;
+    /// let mut results = pool.map_unordered(square, 0..100);
+    /// while let Some((index, result)) = results.next().await {
+    ///     assert_eq!(result?, (index * index) as u64);
+    /// }
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn map_unordered<F, M, I>(&self, f: F, items: I) -> MapUnordered<I::IntoIter, F::Output>
+    where
+        F: TaskFn<M>,
+        I: IntoIterator<Item = F::Args>,
+    {
+        self.task(f).map_unordered(items)
+    }
+
+    /// [`map`](ProcessPool::map) for synchronous code: blocks the current thread until every
+    /// item has its result. Needs no runtime and does not deadlock.
+    ///
+    /// # Panics
+    ///
+    /// When called from a task callback, which runs on the pool's own thread and would wait
+    /// for itself.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = offload::ProcessPool::new(2)?;
+    /// let squares: Result<Vec<u64>, _> = pool.map_blocking(square, 1..=3).into_iter().collect();
+    /// assert_eq!(squares?, [1, 4, 9]);
+    /// # Ok::<(), offload::Error>(())
+    /// ```
+    pub fn map_blocking<F, M, I>(&self, f: F, items: I) -> Vec<Result<F::Output, TaskError>>
+    where
+        F: TaskFn<M>,
+        I: IntoIterator<Item = F::Args>,
+        I::IntoIter: Unpin,
+    {
+        block_on("ProcessPool::map_blocking", self.map(f, items))
     }
 }
 
-impl<'a> Iterator for Segments<'a> {
-    type Item = Result<(u8, &'a [u8]), String>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.count == 0 {
-            return None;
-        }
-        self.count -= 1;
-        match self.split() {
-            Some(segment) => Some(Ok(segment)),
-            None => {
-                self.count = 0;
-                Some(Err("chunk cut short".to_string()))
-            }
-        }
-    }
-}
-
-fn split_u32(bytes: &[u8]) -> Option<(u32, &[u8])> {
-    let (head, rest) = bytes.split_first_chunk::<4>()?;
-    Some((u32::from_le_bytes(*head), rest))
-}
-
-/// Decodes a chunk's reply: one outcome per item.
-fn decode_chunk<R: serde::de::DeserializeOwned>(
-    payload: &[u8],
-) -> Result<Vec<Result<R, TaskError>>, String> {
-    let segments = Segments::new(payload, true)?;
-    let mut outcomes = Vec::with_capacity(segments.count.min(MAX_CHUNK));
-    for segment in segments {
-        let (tag, bytes) = segment?;
-        let text = || String::from_utf8_lossy(bytes).into_owned();
-        outcomes.push(match tag {
-            ITEM_OK => {
-                rmp_serde::from_slice(bytes).map_err(|e| TaskError::Decode(format!("result: {e}")))
-            }
-            ITEM_PANICKED => {
-                let (message, location) = rmp_serde::from_slice(bytes)
-                    .map_err(|e| format!("undecodable panic report: {e}"))?;
-                Err(TaskError::Panicked { message, location })
-            }
-            ITEM_DECODE => Err(TaskError::Decode(text())),
-            ITEM_ENCODE => Err(TaskError::Encode(text())),
-            other => return Err(format!("unknown item outcome {other}")),
-        });
-    }
-    Ok(outcomes)
-}
-
-/// Items encoded for a chunk: `u32 length, bytes` each, without the count.
-#[derive(Default)]
-struct EncodedItems {
-    bytes: Vec<u8>,
-    /// Where each item's segment is in `bytes`.
-    segments: Vec<Range<usize>>,
-}
-
-impl EncodedItems {
-    /// Appends `item`; on failure nothing is appended.
-    fn push(&mut self, item: &impl Serialize) -> Result<(), String> {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(&[0; 4]);
-        if let Err(msg) = crate::wire::push(&mut self.bytes, item) {
-            self.bytes.truncate(start);
-            return Err(msg);
-        }
-        let len = (self.bytes.len() - start - 4) as u32;
-        self.bytes[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        self.segments.push(start..self.bytes.len());
-        Ok(())
+impl<F, M> TaskBuilder<F, M> {
+    /// Runs `f` on every item with these options, as [`ProcessPool::map`] does: the timeout
+    /// applies to each item (a chunk of `n` items may run for `n` times the timeout, and an item
+    /// that runs too long fails alone with [`TaskError::TimedOut`]), and callbacks run once per
+    /// chunk.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(2)?;
+    /// let results = pool.task(nap).timeout(Duration::from_secs(1)).map([1, 60_000, 2]).await;
+    /// assert_eq!(results[0].as_ref().ok(), Some(&1));
+    /// assert!(results[1].as_ref().unwrap_err().is_timed_out());
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn map<I>(&self, items: I) -> Map<I::IntoIter, F::Output>
+    where
+        F: TaskFn<M>,
+        I: IntoIterator<Item = F::Args>,
+    {
+        Map::new(self.map_unordered(items))
     }
 
-    /// The payload of a chunk holding these items.
-    fn write_payload(&self, frame: &mut Vec<u8>) {
-        frame.extend_from_slice(&(self.segments.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&self.bytes);
+    /// Like [`map`](TaskBuilder::map), as a [`Stream`] of `(index, result)` pairs in the order
+    /// the items finish; see [`ProcessPool::map_unordered`].
+    pub fn map_unordered<I>(&self, items: I) -> MapUnordered<I::IntoIter, F::Output>
+    where
+        F: TaskFn<M>,
+        I: IntoIterator<Item = F::Args>,
+    {
+        MapUnordered::new::<F, M>(self.pool.clone(), items.into_iter(), self.options.clone())
     }
 
-    /// Each item on its own.
-    fn split(self) -> impl Iterator<Item = EncodedItems> {
-        let bytes = self.bytes;
-        self.segments.into_iter().map(move |range| EncodedItems {
-            // One item: one segment, not a range of items.
-            #[allow(clippy::single_range_in_vec_init)]
-            segments: vec![0..range.len()],
-            bytes: bytes[range].to_vec(),
-        })
+    /// [`map`](TaskBuilder::map) for synchronous code; see [`ProcessPool::map_blocking`].
+    ///
+    /// # Panics
+    ///
+    /// When called from a task callback, which runs on the pool's own thread.
+    pub fn map_blocking<I>(&self, items: I) -> Vec<Result<F::Output, TaskError>>
+    where
+        F: TaskFn<M>,
+        I: IntoIterator<Item = F::Args>,
+        I::IntoIter: Unpin,
+    {
+        block_on("TaskBuilder::map_blocking", self.map(items))
     }
 }
 
@@ -238,10 +203,13 @@ struct Chunk<R> {
 /// input.
 #[must_use = "streams do nothing unless polled; dropping one cancels its work"]
 pub struct MapUnordered<I, R> {
-    pool: ProcessPool,
+    /// Where chunks go; the error every item fails with if there is nowhere to go.
+    pool: Result<ProcessPool, TaskError>,
     entry: u64,
     func_name: &'static str,
-    decode: crate::state::Decoder<Vec<Result<R, TaskError>>>,
+    decode: Decoder<Vec<Result<R, TaskError>>>,
+    /// The options of every chunk; the timeout is per item.
+    options: TaskOptions,
     items: I,
     next_index: usize,
     exhausted: bool,
@@ -255,17 +223,18 @@ impl<I, R> MapUnordered<I, R>
 where
     I: Iterator,
     I::Item: Serialize,
-    R: serde::de::DeserializeOwned + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
 {
-    pub(crate) fn new<F, M>(pool: &ProcessPool, items: I) -> Self
+    fn new<F, M>(pool: Result<ProcessPool, TaskError>, items: I, options: TaskOptions) -> Self
     where
         F: TaskFn<M, Args = I::Item, Output = R>,
     {
         MapUnordered {
-            pool: pool.clone(),
-            entry: entry_for(chunk_trampoline::<F, M>),
+            pool,
+            entry: chunk_entry_of::<F, M>(),
             func_name: func_name::<F>(),
             decode: decode_chunk::<R>,
+            options,
             items,
             next_index: 0,
             exhausted: false,
@@ -273,6 +242,11 @@ where
             ready: VecDeque::new(),
             per_item: None,
         }
+    }
+
+    /// How many workers take the chunks.
+    fn workers(&self) -> usize {
+        self.pool.as_ref().map_or(1, ProcessPool::workers)
     }
 
     /// How many items the next chunk takes.
@@ -284,9 +258,7 @@ where
         };
         // Keep every worker busy until the end when the length is known.
         let balance = match self.items.size_hint() {
-            (low, Some(high)) if low == high => {
-                (low / (self.pool.workers() * CHUNKS_PER_WORKER)).max(1)
-            }
+            (low, Some(high)) if low == high => (low / (self.workers() * CHUNKS_PER_WORKER)).max(1),
             _ => MAX_CHUNK,
         };
         by_time.min(balance).clamp(1, MAX_CHUNK)
@@ -318,13 +290,18 @@ where
     }
 
     fn send(&mut self, indices: Vec<usize>, items: EncodedItems) {
+        let mut options = self.options.clone();
+        options.timeout = options
+            .timeout
+            .map(|per_item| per_item.saturating_mul(indices.len() as u32));
         let call = Call {
             entry: self.entry,
             func_name: self.func_name,
             decode: self.decode,
-            options: TaskOptions::default(),
+            layout: ArgsLayout::Chunk,
+            options,
         };
-        let task = submit(Ok(&self.pool), call, |frame| {
+        let task = submit(self.pool.as_ref().map_err(Clone::clone), call, |frame| {
             items.write_payload(frame);
             Ok(())
         });
@@ -362,8 +339,13 @@ where
                 self.ready
                     .extend(indices.into_iter().map(|i| (i, Err(error.clone()))));
             }
-            // Only the item that kills its worker should fail with it.
-            Err(TaskError::WorkerDied { .. } | TaskError::Protocol(_)) if indices.len() > 1 => {
+            // Only the item that kills its worker, or runs too long, should fail for it.
+            Err(
+                TaskError::WorkerDied { .. }
+                | TaskError::MemoryLimit { .. }
+                | TaskError::Protocol(_)
+                | TaskError::TimedOut { .. },
+            ) if indices.len() > 1 => {
                 for (index, item) in indices.into_iter().zip(items.split()) {
                     self.send(vec![index], item);
                 }
@@ -380,7 +362,7 @@ impl<I, R> Stream for MapUnordered<I, R>
 where
     I: Iterator + Unpin,
     I::Item: Serialize,
-    R: serde::de::DeserializeOwned + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
 {
     type Item = (usize, Result<R, TaskError>);
 
@@ -390,7 +372,7 @@ where
             if let Some(item) = this.ready.pop_front() {
                 return Poll::Ready(Some(item));
             }
-            let max_in_flight = this.pool.workers() * CHUNKS_PER_WORKER;
+            let max_in_flight = this.workers() * CHUNKS_PER_WORKER;
             while !this.exhausted && this.in_flight.len() < max_in_flight && this.ready.is_empty() {
                 this.send_next_chunk();
             }
@@ -457,7 +439,7 @@ impl<I, R> Future for Map<I, R>
 where
     I: Iterator + Unpin,
     I::Item: Serialize,
-    R: serde::de::DeserializeOwned + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
 {
     type Output = Vec<Result<R, TaskError>>;
 
@@ -489,78 +471,5 @@ impl<I, R> fmt::Debug for Map<I, R> {
             .field("stream", &self.stream)
             .field("results", &self.results.len())
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn items_split_and_frame_round_trip() {
-        let mut items = EncodedItems::default();
-        items.push(&1u32).unwrap();
-        items.push(&"two").unwrap();
-        let mut payload = Vec::new();
-        items.write_payload(&mut payload);
-        let parsed: Vec<_> = Segments::new(&payload, false)
-            .unwrap()
-            .map(|s| s.unwrap().1.to_vec())
-            .collect();
-        assert_eq!(parsed.len(), 2);
-        assert_eq!(rmp_serde::from_slice::<u32>(&parsed[0]).unwrap(), 1);
-        let single: Vec<_> = items.split().collect();
-        assert_eq!(single.len(), 2);
-        let mut one = Vec::new();
-        single[1].write_payload(&mut one);
-        let (_, bytes) = Segments::new(&one, false).unwrap().next().unwrap().unwrap();
-        assert_eq!(rmp_serde::from_slice::<String>(bytes).unwrap(), "two");
-    }
-
-    /// Random and mutated chunk payloads and replies: errors, never a panic.
-    #[test]
-    fn fuzz_chunk_payloads_and_replies() {
-        let mut items = EncodedItems::default();
-        for i in 0..5u64 {
-            items.push(&(i, "item")).unwrap();
-        }
-        let mut valid = Vec::new();
-        items.write_payload(&mut valid);
-        let mut reply = 3u32.to_le_bytes().to_vec();
-        for tag in [ITEM_OK, ITEM_PANICKED, ITEM_DECODE] {
-            let start = begin_segment(&mut reply, tag);
-            crate::wire::push(&mut reply, &("m", Some("l"))).unwrap();
-            end_segment(&mut reply, start, tag);
-        }
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let next = |state: &mut u64| crate::wire::tests::xorshift(state);
-        for round in 0..10_000 {
-            let mut input = if round % 2 == 0 {
-                valid.clone()
-            } else {
-                reply.clone()
-            };
-            input.truncate(next(&mut state) as usize % (input.len() + 1));
-            for _ in 0..next(&mut state) % 4 {
-                if !input.is_empty() {
-                    let at = next(&mut state) as usize % input.len();
-                    input[at] = next(&mut state) as u8;
-                }
-            }
-            if let Ok(segments) = Segments::new(&input, round % 2 == 1) {
-                segments.for_each(drop);
-            }
-            let _ = decode_chunk::<(u64, String)>(&input);
-        }
-    }
-
-    #[test]
-    fn truncated_or_lying_chunks_are_errors_not_panics() {
-        assert!(Segments::new(&[1, 0], false).is_err());
-        let lying = [2, 0, 0, 0, 255, 255, 255, 255, 1];
-        let all: Vec<_> = Segments::new(&lying, false).unwrap().collect();
-        assert_eq!(all.len(), 1);
-        assert!(all[0].is_err());
-        assert!(decode_chunk::<u32>(&[1, 0, 0, 0, 9, 0, 0, 0, 0]).is_err());
     }
 }

@@ -5,9 +5,9 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::entry::TaskFn;
 use crate::error::TaskError;
 use crate::executor::Executor;
+use crate::func::TaskFn;
 use crate::task::ProcessTask;
 
 /// A group of tasks that cannot outlive it, in the spirit of aiotools' `TaskScope`.

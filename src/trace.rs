@@ -3,7 +3,10 @@
 //! everything here compiles to nothing.
 
 #[cfg(feature = "tracing")]
-use crate::task::TaskInfo;
+use std::time::Duration;
+
+#[cfg(feature = "tracing")]
+use crate::error::TaskError;
 
 /// The span of one task.
 pub(crate) struct TaskSpan {
@@ -38,12 +41,16 @@ impl TaskSpan {
         let _ = pid;
     }
 
-    /// The task ended as `info` says.
+    /// The task ended with `status`, after running for `duration`, or failed with `error`.
     #[cfg(feature = "tracing")]
-    pub(crate) fn finished(&self, info: &TaskInfo) {
-        let status = info.status().as_str();
-        self.span.in_scope(|| match info.error() {
-            None => tracing::debug!(status, duration = ?info.duration(), "task finished"),
+    pub(crate) fn finished(
+        &self,
+        status: &str,
+        duration: Option<Duration>,
+        error: Option<&TaskError>,
+    ) {
+        self.span.in_scope(|| match error {
+            None => tracing::debug!(status, ?duration, "task finished"),
             Some(error) => tracing::debug!(status, %error, "task finished"),
         });
     }

@@ -94,13 +94,13 @@ fn sync_twins_from_plain_code() {
     let pool = ProcessPool::new(2).unwrap();
     let mut task = pool.spawn(square, 9);
     let result = loop {
-        if let Some(result) = task.try_wait() {
+        if let Some(result) = task.try_take() {
             break result;
         }
         std::thread::yield_now();
     };
     assert_eq!(result.unwrap(), 81);
-    assert!(task.try_wait().is_none(), "the result was taken");
+    assert!(task.try_take().is_none(), "the result was taken");
 
     let spinning = pool.spawn(common::spin, ());
     common::wait_until("it spins", || spinning.status() == "running");

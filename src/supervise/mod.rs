@@ -1,24 +1,23 @@
-//! A worker process seen from the parent: starting it, the handshake, reading its replies,
-//! and the ways it ends (burial after death, stop, graceful shutdown).
+//! One worker seen from the parent: its handshake, and all of its pipe I/O (sending jobs,
+//! reading what it answers, forwarding its stderr), and the ways it ends (burial after death,
+//! stop, graceful shutdown). The driver never touches a worker's pipe but through here.
 
+use std::future::Future;
 use std::io;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use async_channel::Receiver;
-use async_io::Timer;
-use async_process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use async_process::{ChildStderr, ChildStdin, ChildStdout};
 use futures_lite::io::BufReader;
-use futures_lite::{future, AsyncWriteExt};
+use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
 
-use crate::entry::build_id;
 use crate::error::TaskError;
-use crate::kill::{self, Pidfd};
+use crate::launch::{Launched, Launcher, Process};
+use crate::protocol::{frame, CodecFailure, FromWorker, ToWorker};
+use crate::sys::wait::within;
 use crate::trace;
-use crate::wire::{self, CodecFailure, FromWorker, ToWorker};
 
 /// How long a new worker may take to answer the handshake before it is killed.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,23 +29,12 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Size of the buffer in front of each worker's output pipe.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// The executable a worker is started from: `/proc/self/exe` where it exists, which still
-/// names this process's file after a rebuild replaced it on disk.
-pub(crate) fn worker_program() -> &'static Path {
-    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        let proc_exe = Path::new("/proc/self/exe");
-        if proc_exe.exists() {
-            proc_exe.to_path_buf()
-        } else {
-            std::env::current_exe().unwrap_or_else(|_| proc_exe.to_path_buf())
-        }
-    })
-}
+/// The usual cause of a worker that does not speak the protocol.
+const INIT_HINT: &str = "does `main` call offload::init() first?";
 
 /// A worker's answer to a job.
 pub(crate) enum Reply {
-    /// The encoded result is in the worker's buffer from `payload_start` on.
+    /// The encoded result is [`WorkerLink::payload`] from `payload_start` on.
     Done {
         payload_start: usize,
     },
@@ -63,68 +51,62 @@ pub(crate) enum Lost {
     Broken(String),
 }
 
-/// A spawned worker process that has not answered the handshake yet.
-pub(crate) struct Process {
-    child: Child,
-    pidfd: Pidfd,
-    input: ChildStdin,
-    output: ChildStdout,
-    /// Piped only under a memory limit, to tell an allocation failure from other deaths.
-    stderr: Option<ChildStderr>,
+/// A worker process that was started and has not answered the handshake yet.
+pub(crate) struct Starting {
+    launched: Launched,
+    expected_build: u64,
     memory_limit: Option<u64>,
 }
 
-impl Process {
-    /// Starts `worker_program() --worker` with piped stdin and stdout, in its own process group
-    /// so that a terminal's Ctrl-C reaches only the parent, which decides what workers do.
-    pub(crate) fn spawn(memory_limit: Option<u64>) -> io::Result<Process> {
-        let mut command = std::process::Command::new(worker_program());
-        command.arg("--worker").process_group(0);
-        let mut command = async_process::Command::from(command);
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(match memory_limit {
-                Some(_) => Stdio::piped(),
-                None => Stdio::inherit(),
-            })
-            .kill_on_drop(true);
-        let mut child = command.spawn()?;
-        let pidfd = Pidfd::open(&child);
-        let missing = || io::Error::other("worker pipes were not created");
-        let input = child.stdin.take().ok_or_else(missing)?;
-        let output = child.stdout.take().ok_or_else(missing)?;
-        widen_pipe(&input);
-        widen_pipe(&output);
-        let stderr = child.stderr.take();
-        Ok(Process {
-            child,
-            pidfd,
-            input,
-            output,
-            stderr,
+/// The parent's link to one worker process that passed the handshake.
+pub(crate) struct WorkerLink {
+    /// The worker's pid on its host, as its hello confirmed.
+    pid: u32,
+    process: Process,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+    /// The body of the last frame read.
+    buf: Vec<u8>,
+    /// The address-space cap it was given, to name in a `MemoryLimit` error.
+    memory_limit: Option<u64>,
+    /// Its stderr, until [`forward_stderr`](WorkerLink::forward_stderr) takes it.
+    stderr: Option<ChildStderr>,
+    /// Tells, once its stderr ended, whether it reported an allocation failure.
+    out_of_memory: Option<Receiver<bool>>,
+}
+
+impl WorkerLink {
+    /// Starts a worker with `launcher`. Its stderr is piped through the parent under a memory
+    /// limit, to tell an allocation failure from other aborts.
+    pub(crate) fn launch(launcher: &Launcher, memory_limit: Option<u64>) -> io::Result<Starting> {
+        Ok(Starting {
+            launched: launcher.start(memory_limit.is_some())?,
+            expected_build: launcher.expected_build(),
             memory_limit,
         })
     }
+}
 
+impl Starting {
     /// Exchanges `Hello`s: the worker must run this very build. Kills it on failure.
-    pub(crate) async fn handshake(self) -> io::Result<Worker> {
-        let mut worker = Worker {
-            pid: self.child.id(),
-            child: self.child,
-            pidfd: self.pidfd,
-            input: self.input,
-            output: BufReader::with_capacity(READ_BUFFER, self.output),
+    pub(crate) async fn handshake(self) -> io::Result<WorkerLink> {
+        let Launched {
+            process,
+            input,
+            output,
+            stderr,
+        } = self.launched;
+        let mut worker = WorkerLink {
+            pid: process.pid(),
+            process,
+            input,
+            output: BufReader::with_capacity(READ_BUFFER, output),
             buf: Vec::new(),
             memory_limit: self.memory_limit,
-            stderr: self.stderr,
+            stderr,
             out_of_memory: None,
         };
-        let answer = future::or(async { Some(worker.greet().await) }, async {
-            Timer::after(HANDSHAKE_TIMEOUT).await;
-            None
-        })
-        .await;
+        let answer = within(HANDSHAKE_TIMEOUT, worker.greet(self.expected_build)).await;
         let err = match answer {
             Some(Ok(())) => return Ok(worker),
             Some(Err(err)) => err,
@@ -141,69 +123,38 @@ impl Process {
     }
 }
 
-/// The pipe buffer asked for: large payloads then cross in a few big copies instead of many
-/// 64 KiB ones (which cost a wake-up each), measured in docs/performance.md.
-const PIPE_BUFFER: usize = 1 << 20;
-
-/// Grows a pipe's buffer towards [`PIPE_BUFFER`], as far as the system allows; a refusal
-/// only costs speed.
-fn widen_pipe(pipe: &impl std::os::fd::AsFd) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(PIPE_BUFFER);
-        let _ = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_BUFFER.min(max));
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = pipe;
-}
-
-/// The usual cause of a worker that does not speak the protocol.
-const INIT_HINT: &str = "does `main` call offload::init() first?";
-
-/// A worker process that passed the handshake.
-pub(crate) struct Worker {
-    pub(crate) pid: u32,
-    pub(crate) child: Child,
-    pub(crate) pidfd: Pidfd,
-    pub(crate) input: ChildStdin,
-    pub(crate) output: BufReader<ChildStdout>,
-    /// The body of the last frame read.
-    pub(crate) buf: Vec<u8>,
-    pub(crate) memory_limit: Option<u64>,
-    /// Its stderr, until the slot starts forwarding it.
-    pub(crate) stderr: Option<ChildStderr>,
-    /// Tells, once its stderr ended, whether it reported an allocation failure.
-    pub(crate) out_of_memory: Option<Receiver<bool>>,
-}
-
-impl Worker {
-    async fn greet(&mut self) -> io::Result<()> {
-        let hello = wire::frame(&ToWorker::Hello {
-            build: build_id(),
+impl WorkerLink {
+    async fn greet(&mut self, expected_build: u64) -> io::Result<()> {
+        let hello = frame::frame(&ToWorker::Hello {
+            build: expected_build,
             parent: std::process::id(),
             memory_limit: self.memory_limit,
         });
         let pid = self.pid;
         let sent = self.input.write_all(&hello).await;
-        if !wire::read_frame_async(&mut self.output, &mut self.buf).await? {
-            let status = self.child.status().await?;
+        if !frame::read_frame_async(&mut self.output, &mut self.buf).await? {
+            let status = self.process.reap().await?;
             return Err(io::Error::other(format!(
                 "worker {pid} exited during start-up ({status}); {INIT_HINT}"
             )));
         }
         sent?;
-        match wire::split::<FromWorker>(&self.buf) {
-            Ok((FromWorker::Hello { pid: got, build }, _)) if got == pid && build == build_id() => {
-                Ok(())
+        match frame::split::<FromWorker>(&self.buf) {
+            Ok((FromWorker::Hello { pid: got, build }, _)) if got == pid => {
+                match build == expected_build {
+                    true => Ok(()),
+                    false => Err(io::Error::other(format!(
+                        "worker {pid} runs a different build of the program \
+                         ({build:016x}, this is {expected_build:016x})"
+                    ))),
+                }
             }
+            Ok((FromWorker::Hello { pid: got, .. }, _)) => Err(io::Error::other(format!(
+                "worker {pid} answered the handshake as process {got}: \
+                 something between the parent and the worker is not the worker it started"
+            ))),
             Ok((FromWorker::Refused { reason }, _)) => Err(io::Error::other(format!(
                 "worker {pid} refused to serve: {reason}"
-            ))),
-            Ok((FromWorker::Hello { .. }, _)) => Err(io::Error::other(format!(
-                "worker {pid} runs a different build of the program"
             ))),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -212,9 +163,43 @@ impl Worker {
         }
     }
 
+    /// The worker's pid on its host.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The copy of the worker's stderr to ours, when it is piped: a future to run beside the
+    /// worker until its stderr ends. It watches for the report of an allocation failure,
+    /// which [`bury`](WorkerLink::bury) then turns into [`TaskError::MemoryLimit`].
+    pub(crate) fn forward_stderr(&mut self) -> Option<impl Future<Output = ()> + 'static> {
+        let stderr = self.stderr.take()?;
+        let (saw, seen) = async_channel::bounded(1);
+        self.out_of_memory = Some(seen);
+        Some(async move {
+            let _ = saw.try_send(forward_stderr(stderr).await);
+        })
+    }
+
+    /// Writes one complete frame (a job) to the worker.
+    pub(crate) async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.input.write_all(frame).await
+    }
+
+    /// Waits for the worker to write something, or to close its output, while it has no job:
+    /// either breaks the protocol. Returns how many bytes it wrote (0: it closed its output).
+    pub(crate) async fn unasked_output(&mut self) -> io::Result<usize> {
+        self.output.fill_buf().await.map(|b| b.len())
+    }
+
+    /// The body of the last frame read: a `Done` reply's payload is in it from
+    /// `payload_start` on.
+    pub(crate) fn payload(&self, payload_start: usize) -> &[u8] {
+        &self.buf[payload_start..]
+    }
+
     /// Reads the worker's answer to job `id`.
     pub(crate) async fn reply(&mut self, id: u64) -> Result<Reply, Lost> {
-        match wire::read_frame_async(&mut self.output, &mut self.buf).await {
+        match frame::read_frame_async(&mut self.output, &mut self.buf).await {
             Ok(true) => {}
             Ok(false) => return Err(Lost::Died),
             Err(err) if err.kind() == io::ErrorKind::InvalidData => {
@@ -224,7 +209,7 @@ impl Worker {
             // A failed read: the worker is gone or going.
             Err(_) => return Err(Lost::Died),
         }
-        let (header, payload) = wire::split::<FromWorker>(&self.buf)
+        let (header, payload) = frame::split::<FromWorker>(&self.buf)
             .map_err(|e| Lost::Broken(format!("undecodable message: {e}")))?;
         match header {
             FromWorker::Done { id: got } if got == id => Ok(Reply::Done {
@@ -250,25 +235,15 @@ impl Worker {
     pub(crate) async fn bury(mut self) -> TaskError {
         drop(self.input);
         let pid = self.pid;
-        let status = future::or(async { Some(self.child.status().await) }, async {
-            Timer::after(EXIT_GRACE).await;
-            None
-        })
-        .await;
-        match status {
+        match self.process.exit_within(EXIT_GRACE).await {
             Some(Ok(status)) if status.signal() == Some(SIGABRT) => {
                 // An allocation over the limit aborts; its report on stderr tells it apart.
                 let over_limit = match (&self.out_of_memory, self.memory_limit) {
-                    (Some(seen), Some(limit)) => {
-                        future::or(
-                            async { seen.recv().await.unwrap_or(false).then_some(limit) },
-                            async {
-                                Timer::after(EXIT_GRACE).await;
-                                None
-                            },
-                        )
+                    (Some(seen), Some(limit)) => within(EXIT_GRACE, seen.recv())
                         .await
-                    }
+                        .and_then(Result::ok)
+                        .unwrap_or(false)
+                        .then_some(limit),
                     _ => None,
                 };
                 match over_limit {
@@ -283,7 +258,8 @@ impl Worker {
                 signal: None,
             },
             None => {
-                kill::stop(&mut self.child, &self.pidfd, Duration::ZERO).await;
+                self.process.kill();
+                let _ = self.process.reap().await;
                 TaskError::Protocol(format!(
                     "worker {pid} closed its output but kept running; it was killed"
                 ))
@@ -299,43 +275,36 @@ impl Worker {
 
     /// Sends the first signal of a stop at once (`SIGTERM`, or `SIGKILL` for a zero grace),
     /// so that the CPU is freed before anything else happens; see
-    /// [`finish_stop`](Worker::finish_stop).
+    /// [`finish_stop`](WorkerLink::finish_stop).
     pub(crate) fn begin_stop(&self, grace: Duration, reason: &str) {
         trace::worker_stopped(self.pid, reason);
-        kill::begin_stop(&self.pidfd, grace);
+        self.process.signal_stop(grace);
     }
 
     /// Waits up to `limit` for the worker to exit, and reaps it if it did.
     pub(crate) async fn exited_within(&mut self, limit: Duration) -> bool {
-        // Dropping `status()` before it returns reaps nothing, so the pidfd stays valid.
-        future::or(async { self.child.status().await.is_ok() }, async {
-            Timer::after(limit).await;
-            false
-        })
-        .await
+        matches!(self.process.exit_within(limit).await, Some(Ok(_)))
     }
 
-    /// Waits out the grace of a stop begun with [`begin_stop`](Worker::begin_stop), kills if
-    /// needed, and reaps.
+    /// The rest of a stop begun with [`begin_stop`](WorkerLink::begin_stop): waits up to
+    /// `grace` for the exit, sends `SIGKILL` if it did not come, and reaps.
     pub(crate) async fn finish_stop(mut self, grace: Duration) {
         drop(self.input);
-        kill::finish_stop(&mut self.child, &self.pidfd, grace).await;
+        if !grace.is_zero() && self.process.exit_within(grace).await.is_some() {
+            return;
+        }
+        // Not reaped yet (no status was returned), so the signal reaches this process alone.
+        self.process.kill();
+        let _ = self.process.reap().await;
     }
 
     /// Asks an idle worker to exit and reaps it; kills it if it does not exit in time.
     pub(crate) async fn shut_down(mut self) {
-        let _ = self
-            .input
-            .write_all(&wire::frame(&ToWorker::Shutdown))
-            .await;
+        let _ = self.send(&frame::frame(&ToWorker::Shutdown)).await;
         drop(self.input);
-        let exited = future::or(async { self.child.status().await.is_ok() }, async {
-            Timer::after(EXIT_GRACE).await;
-            false
-        })
-        .await;
-        if !exited {
-            kill::stop(&mut self.child, &self.pidfd, Duration::ZERO).await;
+        if self.process.exit_within(EXIT_GRACE).await.is_none() {
+            self.process.kill();
+            let _ = self.process.reap().await;
         }
     }
 }
@@ -348,7 +317,7 @@ const ALLOCATION_FAILED: &[u8] = b"memory allocation of ";
 
 /// Copies a worker's stderr to ours until it ends; returns whether the worker reported a
 /// failed allocation.
-pub(crate) async fn forward_stderr(mut stderr: ChildStderr) -> bool {
+async fn forward_stderr(mut stderr: ChildStderr) -> bool {
     use std::io::Write;
     let mut seen = false;
     // The end of the previous chunk, so that a report split between two reads is found.

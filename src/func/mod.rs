@@ -1,20 +1,18 @@
-//! How a Rust function is named, sent and called in the child.
+//! Task functions: what may run in a worker ([`TaskFn`], [`AsyncTaskFn`]), how it is named
+//! in metadata, and the trampolines that call it there.
 //!
 //! A task function is a zero-sized `Copy` type: a function item or a closure that captures
-//! nothing. Such a value carries no data, so the child can produce it from nothing. What the
-//! parent sends is the offset, from an anchor function, of a trampoline monomorphised for that
-//! function type: the trampoline decodes the arguments, calls the function and encodes the
-//! result. The child is the same executable file (checked by the build handshake), so the same
-//! offset from the same anchor is the same trampoline there (the approach of the mitosis crate).
+//! nothing (or only zero-sized `Copy` values). Such a value carries no data, so the worker can
+//! produce it from nothing. What the parent sends is the entry of a trampoline monomorphised
+//! for that function type (see `protocol::entry`): the trampoline decodes the arguments, calls
+//! the function and encodes the result.
 
 use std::future::Future;
-use std::hash::{Hash, Hasher};
-use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::wire::CodecFailure;
+pub(crate) mod trampoline;
 
 /// A function that can run in a worker process.
 ///
@@ -30,9 +28,15 @@ use crate::wire::CodecFailure;
 /// | `fn(A) -> R` | `A` | `pool.spawn(f, a)` |
 /// | `fn(A, B, ..) -> R` | `(A, B, ..)` | `pool.spawn(f, (a, b, ..))` |
 ///
-/// A closure that captures anything is refused when the program is built (the captured data
+/// A closure that captures data is refused when the program is built (the captured data
 /// would not exist in the worker); pass such values as arguments instead. Closures need their
 /// parameter types written out (`|x: u64| x * 2`), as nothing else tells the compiler.
+///
+/// A closure that captures only zero-sized `Copy` values (a unit struct, a `PhantomData`)
+/// builds, and has those values *recreated out of nothing* in the worker. That is harmless
+/// for plain markers, but a zero-sized value whose existence means something (a token
+/// proving that a lock is held, that a library was initialised, that a capability was
+/// granted) proves nothing there: don't capture such values.
 ///
 /// This trait is sealed: only the blanket implementations above exist.
 ///
@@ -182,116 +186,6 @@ impl_fns!(
     (A, B, C, D, E, G, H, I)
 );
 
-/// What the child calls: decode the arguments in `args`, run, append the encoded result to `out`.
-pub(crate) type Trampoline = fn(args: &[u8], out: &mut Vec<u8>) -> Result<(), CodecFailure>;
-
-/// Decodes one argument value of a task.
-pub(crate) fn decode_args<A: DeserializeOwned>(args: &[u8]) -> Result<A, CodecFailure> {
-    rmp_serde::from_slice(args).map_err(|e| CodecFailure::Decode(format!("arguments: {e}")))
-}
-
-/// Appends one encoded result value.
-pub(crate) fn encode_output(
-    out: &mut Vec<u8>,
-    output: &impl Serialize,
-) -> Result<(), CodecFailure> {
-    crate::wire::push(out, output).map_err(CodecFailure::Encode)
-}
-
-fn trampoline<F: TaskFn<M>, M>(args: &[u8], out: &mut Vec<u8>) -> Result<(), CodecFailure> {
-    let args = decode_args(args)?;
-    let output = conjure::<F, M>().call(args);
-    encode_output(out, &output)
-}
-
-fn async_trampoline<F: AsyncTaskFn<M>, M>(
-    args: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), CodecFailure> {
-    let args = decode_args(args)?;
-    const { assert_zero_sized::<F>() };
-    // SAFETY: as in `conjure`: `F` is zero-sized (checked above), `AsyncTaskFn` is sealed and
-    // implemented only for `Fn` types, whose zero-sized instances are function items and
-    // closures without data, so `zeroed` is their only value; `F: Copy`.
-    let f = unsafe { std::mem::zeroed::<F>() };
-    let output = async_io::block_on(f.call(args));
-    encode_output(out, &output)
-}
-
-/// Produces the value of a task function type out of nothing.
-pub(crate) fn conjure<F: TaskFn<M>, M>() -> F {
-    const { assert_zero_sized::<F>() };
-    // SAFETY: `F` is zero-sized (checked at compile time above), so it has no bytes and
-    // `zeroed` is its only value. `TaskFn` is sealed and implemented only for `Fn` types; the
-    // only zero-sized `Fn` types on stable Rust are function items and closures whose captures
-    // are all zero-sized `Copy` values, which have no validity invariant to break. `F: Copy`,
-    // so producing a value duplicates no ownership.
-    unsafe { std::mem::zeroed::<F>() }
-}
-
-/// Fails the build when a task function carries data (a capturing closure, a function pointer).
-const fn assert_zero_sized<F>() {
-    assert!(
-        std::mem::size_of::<F>() == 0,
-        "offload: a task function must be a function item or a closure that captures nothing; \
-         pass captured values as arguments instead"
-    );
-}
-
-/// The fixed point in the executable that entries are measured from.
-#[inline(never)]
-fn anchor() {}
-
-/// The address of [`anchor`], always taken here: if a generic caller took it, rustc could give
-/// that caller's crate its own copy of the small function, at another address.
-#[inline(never)]
-fn anchor_address() -> usize {
-    anchor as fn() as usize
-}
-
-/// The address of `trampoline` as an offset from the anchor.
-pub(crate) fn entry_for(trampoline: Trampoline) -> u64 {
-    (trampoline as usize).wrapping_sub(anchor_address()) as u64
-}
-
-/// The entry of `F`'s trampoline.
-pub(crate) fn entry_of<F: TaskFn<M>, M>() -> u64 {
-    const { assert_zero_sized::<F>() };
-    entry_for(trampoline::<F, M>)
-}
-
-/// The entry of async `F`'s trampoline.
-pub(crate) fn entry_of_async<F: AsyncTaskFn<M>, M>() -> u64 {
-    const { assert_zero_sized::<F>() };
-    entry_for(async_trampoline::<F, M>)
-}
-
-/// [`entry_of`] for the type of `f`.
-pub(crate) fn entry_of_val<F: TaskFn<M>, M>(_f: F) -> u64 {
-    entry_of::<F, M>()
-}
-
-/// A function whose entry fingerprints the code layout of this build.
-fn layout_probe() -> u64 {
-    u64::from(PROTOCOL_VERSION)
-}
-
-/// Turns an entry received from the parent back into the trampoline it names.
-///
-/// # Safety
-///
-/// `entry` must come from [`entry_of`] in a process running the same executable file as this
-/// one, which the worker ensures by refusing a parent whose build identity differs.
-pub(crate) unsafe fn resolve(entry: u64) -> Trampoline {
-    let address = anchor_address().wrapping_add(entry as usize);
-    // SAFETY: the caller guarantees `entry` is the offset of a `Trampoline` from `anchor` in
-    // this very executable; the loader maps the executable's code as one block, so the offset
-    // between two of its functions is the same in every process running it, and `address` is
-    // that trampoline here. A function pointer and a data pointer have the same size on every
-    // platform this crate supports.
-    unsafe { std::mem::transmute::<*const (), Trampoline>(address as *const ()) }
-}
-
 /// The function's name as shown in metadata: its type name without the module path
 /// (`fib`); for a closure, from the enclosing named function on (`main::{{closure}}`).
 pub(crate) fn func_name<F>() -> &'static str {
@@ -309,50 +203,12 @@ pub(crate) fn func_name<F>() -> &'static str {
     &path[start..]
 }
 
-/// Protocol revision: bumped whenever the wire format changes.
-const PROTOCOL_VERSION: u32 = 1;
-
-/// This executable's identity: the protocol, the crate version, the code layout and the file
-/// itself (device, inode, size, modification time).
-///
-/// Two processes with the same identity run the same file, so an entry means the same function
-/// in both. A worker started from another build, or a copy of the file, does not match.
-pub(crate) fn build_id() -> u64 {
-    static ID: OnceLock<u64> = OnceLock::new();
-    *ID.get_or_init(|| {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        PROTOCOL_VERSION.hash(&mut hasher);
-        env!("CARGO_PKG_VERSION").hash(&mut hasher);
-        entry_of_val(layout_probe).hash(&mut hasher);
-        match rustix::fs::stat(crate::process::worker_program()) {
-            Ok(st) => {
-                (st.st_dev, st.st_ino, st.st_size).hash(&mut hasher);
-                (st.st_mtime, st.st_mtime_nsec).hash(&mut hasher);
-            }
-            // Without a file to compare, the layout alone must match.
-            Err(_) => 0u8.hash(&mut hasher),
-        }
-        hasher.finish()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn double(x: u64) -> u64 {
         x * 2
-    }
-
-    #[test]
-    fn entry_round_trips_to_the_same_trampoline() {
-        // SAFETY: the entry was made in this very process.
-        let call = unsafe { resolve(entry_of_val(double)) };
-        let mut args = Vec::new();
-        crate::wire::push(&mut args, &21u64).unwrap();
-        let mut out = Vec::new();
-        call(&args, &mut out).unwrap();
-        assert_eq!(rmp_serde::from_slice::<u64>(&out).unwrap(), 42);
     }
 
     #[test]

@@ -1,17 +1,23 @@
-//! The state a task shares between its handle and the driver, and the per-task options.
+//! The state a task shares between its handle and the driver, and how its start and end are
+//! reported (tracing, callbacks) before the result is handed out.
 
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_channel::Sender;
 use event_listener::Event;
 use serde::de::DeserializeOwned;
 
+use super::args::EncodedArgs;
+use super::info::{Meta, Started, TaskInfo};
+use super::options::{Callback, TaskOptions};
+use super::status::TaskStatus;
 use crate::error::TaskError;
-use crate::task::{Meta, TaskInfo, TaskStatus};
+use crate::protocol::codec;
+use crate::sys::panic::catch;
+use crate::sys::wait;
 use crate::trace::TaskSpan;
 
 /// Turns the payload of a worker's `Done` reply into a task's value.
@@ -19,71 +25,50 @@ pub(crate) type Decoder<T> = fn(&[u8]) -> Result<T, String>;
 
 /// The decoder for a value encoded as one rmp-serde message.
 pub(crate) fn decode_value<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
-    rmp_serde::from_slice(payload).map_err(|e| e.to_string())
-}
-
-/// A task callback: runs on the pool's driver thread with a snapshot of the task.
-pub(crate) type Callback = Arc<dyn Fn(&TaskInfo) + Send + Sync>;
-
-/// The default grace between `SIGTERM` and `SIGKILL` when a running task is stopped.
-pub(crate) const DEFAULT_CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Per-task options, set with a [`TaskBuilder`](crate::TaskBuilder).
-#[derive(Clone)]
-pub(crate) struct TaskOptions {
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) cancel_timeout: Duration,
-    pub(crate) on_start: Option<Callback>,
-    pub(crate) on_done: Option<Callback>,
-    pub(crate) on_error: Option<Callback>,
-}
-
-impl Default for TaskOptions {
-    fn default() -> Self {
-        TaskOptions {
-            timeout: None,
-            cancel_timeout: DEFAULT_CANCEL_TIMEOUT,
-            on_start: None,
-            on_done: None,
-            on_error: None,
-        }
-    }
+    codec::decode(payload)
 }
 
 /// Where tasks that end away from the driver thread (cancelled by their handle, refused at
 /// spawn) are reported, so that the driver runs their callbacks.
-pub(crate) type EndNotices = Sender<Arc<dyn Completion>>;
+pub(crate) type EndNotices = Sender<Arc<dyn AnyTask>>;
 
-/// What the driver needs from a task, without knowing its result type.
-pub(crate) trait Completion: Send + Sync {
+/// A task with its result type erased: what the driver and the pool's registry hold.
+///
+/// A task *finishes* once (`finish_with_reply`, `finish_with_error`, `cancel`): its status and
+/// end time are set at that moment. Its end is then *reported* once (`report_end`: tracing and
+/// callbacks), and only after that is its result *released* to whoever awaits it. It *settles*
+/// when no worker process does anything for it any more.
+pub(crate) trait AnyTask: Send + Sync {
     fn id(&self) -> u64;
     fn info(&self) -> TaskInfo;
     fn status(&self) -> TaskStatus;
     fn options(&self) -> &TaskOptions;
-    /// Marks the task as sent to worker `pid`. Returns `false` if it already ended (it was
+    /// Marks the task as sent to worker `pid`. Returns `false` if it already finished (it was
     /// cancelled while queued), in which case it must not be sent.
     fn start(&self, pid: u32) -> bool;
-    /// Ends the task with its worker's reply, received at `at`: the encoded result, or why
-    /// there is none.
-    fn replied(&self, reply: Result<&[u8], TaskError>, at: Instant);
-    /// Ends the task with `error`; returns whether this call ended it.
-    fn fail(&self, error: TaskError) -> bool;
-    /// Cancels the task if it has not ended; returns whether it did.
+    /// Finishes the task with its worker's reply, received at `at`: the encoded result
+    /// (decoded here, guarded), or why there is none.
+    fn finish_with_reply(&self, reply: Result<&[u8], TaskError>, at: Instant);
+    /// Finishes the task with `error`; returns whether this call finished it.
+    fn finish_with_error(&self, error: TaskError) -> bool;
+    /// Cancels the task if it has not finished; returns whether it did.
     fn cancel(&self) -> bool;
     fn is_finished(&self) -> bool;
     /// Records that no worker process is doing anything for the task any more.
     fn settle(&self);
-    /// Notified when the task ends and when it settles.
+    /// Notified when the task finishes, when its result is released and when it settles.
     fn changed(&self) -> &Event;
     /// Returns `true` once: whether `on_start` is still to be reported.
     fn take_start_report(&self) -> bool;
     /// Returns `true` once: whether the end is still to be reported.
     fn take_end_report(&self) -> bool;
+    /// Hands the result out to the awaiting side, once the end was reported.
+    fn release(&self);
     fn span(&self) -> &TaskSpan;
 }
 
-/// Runs `on_start` for a task that just started.
-pub(crate) fn report_start(task: &dyn Completion) {
+/// Runs `on_start` for a task that just started, once.
+pub(crate) fn report_start(task: &dyn AnyTask) {
     if task.take_start_report() {
         if let Some(pid) = task.info().pid() {
             task.span().started(pid);
@@ -94,14 +79,19 @@ pub(crate) fn report_start(task: &dyn Completion) {
     }
 }
 
-/// Runs `on_done` or `on_error` for a task that ended, once.
-pub(crate) fn report_end(task: &dyn Completion) {
+/// Reports the end of a finished task once (tracing, then `on_done` or `on_error`), then
+/// releases its result: whoever awaits the task sees the callbacks' effects.
+pub(crate) fn report_end(task: &dyn AnyTask) {
     if !task.take_end_report() {
         return;
     }
     let options = task.options();
     #[cfg(feature = "tracing")]
-    task.span().finished(&task.info());
+    {
+        let info = task.info();
+        task.span()
+            .finished(info.status().as_str(), info.duration(), info.error());
+    }
     let callback = match task.status() {
         TaskStatus::Done => (&options.on_done, "on_done"),
         _ => (&options.on_error, "on_error"),
@@ -109,36 +99,28 @@ pub(crate) fn report_end(task: &dyn Completion) {
     if let (Some(callback), name) = callback {
         run_callback(name, callback, task);
     }
+    task.release();
 }
 
 /// A panicking callback is logged and changes nothing else.
-fn run_callback(name: &str, callback: &Callback, task: &dyn Completion) {
+fn run_callback(name: &str, callback: &Callback, task: &dyn AnyTask) {
     let info = task.info();
-    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| callback(&info))) {
-        let message = crate::worker::panic_message(&*payload);
+    if let Err(panic) = catch(|| callback(&info)) {
         log::error!(
-            "offload: the {name} callback of task {} ({}) panicked: {message}",
+            "offload: the {name} callback of task {} ({}) panicked: {}",
             info.id(),
-            info.func_name()
+            info.func_name(),
+            panic.message
         );
     }
 }
 
-/// Waits until `task` has ended.
-pub(crate) async fn finished(task: &dyn Completion) {
-    loop {
-        if task.is_finished() {
-            return;
-        }
-        let listener = task.changed().listen();
-        if task.is_finished() {
-            return;
-        }
-        listener.await;
-    }
+/// Waits until `task` has finished.
+pub(crate) async fn until_finished(task: &dyn AnyTask) {
+    wait::until(task.changed(), || task.is_finished()).await
 }
 
-/// How a pool's tasks ended, counted the moment each ends.
+/// How a pool's tasks ended, counted the moment each finishes.
 #[derive(Default)]
 pub(crate) struct Tally {
     pub(crate) completed: AtomicU64,
@@ -159,27 +141,36 @@ impl Tally {
 
 /// The state shared by a [`ProcessTask`](crate::ProcessTask) and the driver.
 pub(crate) struct Shared<T> {
-    id: u64,
-    func_name: &'static str,
+    /// What the task was started with; never changes.
+    started: Started,
+    /// How the worker's reply becomes the task's value.
     decode: Decoder<T>,
+    /// The tracing span (empty without the `tracing` feature).
     span: TaskSpan,
-    submitted_at: Instant,
     options: TaskOptions,
     /// Where the end is counted, for a task of a pool.
     tally: Option<Arc<Tally>>,
     state: Mutex<State<T>>,
+    /// See [`AnyTask::changed`].
     changed: Event,
 }
 
+/// The part of a task that changes, under one lock.
 struct State<T> {
     meta: Meta,
-    /// The outcome, until the handle takes it.
+    /// The outcome, from the moment the task finishes until the handle takes it.
     outcome: Option<Result<T, TaskError>>,
     /// Whether the handle already took the outcome.
     taken: bool,
+    /// Whether the end was reported, so the outcome may be handed out.
+    released: bool,
+    /// The waker of the last poll that found no outcome.
     waker: Option<Waker>,
+    /// Whether no worker process works on the task any more.
     settled: bool,
+    /// Whether `on_start` was claimed by [`report_start`].
     start_reported: bool,
+    /// Whether the end was claimed by [`report_end`].
     end_reported: bool,
 }
 
@@ -187,22 +178,29 @@ impl<T> Shared<T> {
     pub(crate) fn new(
         id: u64,
         func_name: &'static str,
+        args: Option<EncodedArgs>,
         decode: Decoder<T>,
         options: TaskOptions,
         tally: Option<Arc<Tally>>,
     ) -> Self {
         Shared {
-            id,
-            func_name,
+            started: Started {
+                id,
+                func_name,
+                submitted_at: Instant::now(),
+                timeout: options.timeout,
+                cancel_timeout: options.cancel_timeout,
+                args,
+            },
             decode,
             span: TaskSpan::spawned(id, func_name),
-            submitted_at: Instant::now(),
             options,
             tally,
             state: Mutex::new(State {
                 meta: Meta::default(),
                 outcome: None,
                 taken: false,
+                released: false,
                 waker: None,
                 settled: false,
                 start_reported: false,
@@ -213,30 +211,29 @@ impl<T> Shared<T> {
     }
 
     fn lock(&self) -> MutexGuard<'_, State<T>> {
-        // Nothing panics while the lock is held, but a poisoned lock must not spread panics.
+        // No user code runs while the lock is held, but a poisoned lock must not spread panics.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn id(&self) -> u64 {
-        self.id
+        self.started.id
     }
 
     pub(crate) fn func_name(&self) -> &'static str {
-        self.func_name
+        self.started.func_name
     }
 
     pub(crate) fn submitted_at(&self) -> Instant {
-        self.submitted_at
+        self.started.submitted_at
+    }
+
+    pub(crate) fn started(&self) -> &Started {
+        &self.started
     }
 
     /// A snapshot of the metadata.
     pub(crate) fn snapshot(&self) -> TaskInfo {
-        TaskInfo::new(
-            self.id,
-            self.func_name,
-            self.submitted_at,
-            self.lock().meta.clone(),
-        )
+        TaskInfo::new(&self.started, self.lock().meta.clone())
     }
 
     /// Reads the metadata under the lock.
@@ -252,20 +249,30 @@ impl<T> Shared<T> {
         self.lock().settled
     }
 
-    /// Takes the outcome if it is there and was not taken yet.
+    /// Whether the result is handed out: awaiting the task would not wait.
+    pub(crate) fn is_released(&self) -> bool {
+        self.lock().released
+    }
+
+    /// Takes the outcome if it is released and was not taken yet.
     pub(crate) fn try_take(&self) -> Option<Result<T, TaskError>> {
         let mut state = self.lock();
+        if !state.released {
+            return None;
+        }
         let outcome = state.outcome.take()?;
         state.taken = true;
         Some(outcome)
     }
 
-    /// Takes the outcome if it is there, else stores `waker` to be woken when it is.
+    /// Takes the outcome if it is released, else stores `waker` to be woken when it is.
     pub(crate) fn poll_outcome(&self, waker: &Waker) -> Option<Result<T, TaskError>> {
         let mut state = self.lock();
-        if let Some(outcome) = state.outcome.take() {
-            state.taken = true;
-            return Some(outcome);
+        if state.released {
+            if let Some(outcome) = state.outcome.take() {
+                state.taken = true;
+                return Some(outcome);
+            }
         }
         assert!(!state.taken, "ProcessTask polled after it returned Ready");
         match &mut state.waker {
@@ -275,14 +282,10 @@ impl<T> Shared<T> {
         None
     }
 
-    /// Ends the task once; later calls are ignored. Returns whether this call ended it.
-    pub(crate) fn finish(&self, outcome: Result<T, TaskError>) -> bool {
-        self.finish_at(outcome, Instant::now())
-    }
-
-    /// [`finish`](Shared::finish), with the end time given.
-    fn finish_at(&self, outcome: Result<T, TaskError>, at: Instant) -> bool {
-        let waker = {
+    /// Finishes the task once, with its end time `at`; later calls are ignored. Returns
+    /// whether this call finished it.
+    pub(crate) fn finish(&self, outcome: Result<T, TaskError>, at: Instant) -> bool {
+        {
             let mut state = self.lock();
             if state.meta.status.is_finished() {
                 return false;
@@ -307,19 +310,15 @@ impl<T> Shared<T> {
                 tally.count(state.meta.status);
             }
             state.outcome = Some(outcome);
-            state.waker.take()
-        };
-        self.changed.notify(usize::MAX);
-        if let Some(waker) = waker {
-            waker.wake();
         }
+        self.changed.notify(usize::MAX);
         true
     }
 }
 
-impl<T: Send> Completion for Shared<T> {
+impl<T: Send> AnyTask for Shared<T> {
     fn id(&self) -> u64 {
-        self.id
+        self.started.id
     }
 
     fn info(&self) -> TaskInfo {
@@ -345,20 +344,21 @@ impl<T: Send> Completion for Shared<T> {
         true
     }
 
-    fn fail(&self, error: TaskError) -> bool {
-        self.finish(Err(error))
+    fn finish_with_reply(&self, reply: Result<&[u8], TaskError>, at: Instant) {
+        let outcome = reply.and_then(|payload| {
+            (self.decode)(payload).map_err(|e| {
+                TaskError::Decode(format!("result of `{}`: {e}", self.started.func_name))
+            })
+        });
+        self.finish(outcome, at);
     }
 
-    fn replied(&self, reply: Result<&[u8], TaskError>, at: Instant) {
-        let outcome = reply.and_then(|payload| {
-            (self.decode)(payload)
-                .map_err(|e| TaskError::Decode(format!("result of `{}`: {e}", self.func_name)))
-        });
-        self.finish_at(outcome, at);
+    fn finish_with_error(&self, error: TaskError) -> bool {
+        self.finish(Err(error), Instant::now())
     }
 
     fn cancel(&self) -> bool {
-        self.finish(Err(TaskError::Cancelled))
+        self.finish_with_error(TaskError::Cancelled)
     }
 
     fn is_finished(&self) -> bool {
@@ -380,6 +380,18 @@ impl<T: Send> Completion for Shared<T> {
 
     fn take_end_report(&self) -> bool {
         !std::mem::replace(&mut self.lock().end_reported, true)
+    }
+
+    fn release(&self) {
+        let waker = {
+            let mut state = self.lock();
+            state.released = true;
+            state.waker.take()
+        };
+        self.changed.notify(usize::MAX);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     fn span(&self) -> &TaskSpan {

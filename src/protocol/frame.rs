@@ -1,7 +1,7 @@
-//! The messages between the parent and a worker, and how they are framed.
+//! How messages are framed on the pipes.
 //!
 //! A frame is a little-endian `u32` body length, then the body: one rmp-serde message (the
-//! header, [`ToWorker`] or [`FromWorker`]) followed, for `Run` and `Done`, by the payload (the
+//! header, [`ToWorker`](super::ToWorker) or [`FromWorker`](super::FromWorker)) followed, for `Run` and `Done`, by the payload (the
 //! rmp-serde encoding of the arguments or of the result). Keeping the payload beside the header
 //! instead of inside it lets the sender encode user data straight into the frame buffer and the
 //! receiver decode it straight from the read buffer: no copy of the data in between.
@@ -10,7 +10,7 @@ use std::io::{self, Read};
 
 use futures_lite::{AsyncRead, AsyncReadExt};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// The largest frame body, in bytes, that either side sends or accepts (1 GiB).
 ///
@@ -34,58 +34,18 @@ const LEN_PREFIX: usize = 4;
 /// causes a large allocation.
 const GROW_STEP: usize = 1 << 20;
 
-/// Parent → worker headers.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum ToWorker {
-    /// The first frame: the parent's build identity and pid, and the worker's memory cap.
-    Hello {
-        build: u64,
-        parent: u32,
-        memory_limit: Option<u64>,
-    },
-    /// Run the function at `entry` on the arguments that follow the header.
-    Run { id: u64, entry: u64 },
-    /// Exit after the current frame.
-    Shutdown,
-}
+/// The capacity a frame buffer keeps: one that a large payload grew beyond it shrinks back
+/// to it when the next, small, frame is read or written, so a worker or a slot that once
+/// carried 256 MiB does not hold that memory for the rest of its life (and a stream of large
+/// payloads reuses its buffer instead of allocating one per frame).
+pub(crate) const KEPT_CAPACITY: usize = 1 << 20;
 
-/// Worker → parent headers.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum FromWorker {
-    /// The answer to `Hello`: the worker runs the same build and is ready.
-    Hello { pid: u32, build: u64 },
-    /// The worker will not serve this parent; it exits after sending this.
-    Refused { reason: String },
-    /// Task `id` returned; its encoded result follows the header.
-    Done { id: u64 },
-    /// Task `id` panicked.
-    Panicked {
-        id: u64,
-        message: String,
-        location: Option<String>,
-    },
-    /// Task `id` could not decode its arguments or encode its result.
-    Failed { id: u64, error: CodecFailure },
-}
-
-impl FromWorker {
-    /// The message's name, for error messages (the message itself may be large).
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            FromWorker::Hello { .. } => "Hello",
-            FromWorker::Refused { .. } => "Refused",
-            FromWorker::Done { .. } => "Done",
-            FromWorker::Panicked { .. } => "Panicked",
-            FromWorker::Failed { .. } => "Failed",
-        }
+/// Gives back the memory of a buffer that a large frame grew, before a frame of `next` bytes.
+pub(crate) fn shrink_for(buf: &mut Vec<u8>, next: usize) {
+    if buf.capacity() > KEPT_CAPACITY && next <= KEPT_CAPACITY {
+        buf.clear();
+        buf.shrink_to(KEPT_CAPACITY);
     }
-}
-
-/// A serialization failure inside the worker.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum CodecFailure {
-    Encode(String),
-    Decode(String),
 }
 
 /// Clears `buf` and starts a frame in it with `header`.
@@ -95,9 +55,10 @@ pub(crate) fn begin(buf: &mut Vec<u8>, header: &impl Serialize) -> Result<(), St
     push(buf, header)
 }
 
-/// Appends one rmp-serde value to the frame in `buf`.
+/// Appends one rmp-serde value to the frame in `buf`; a failing (or panicking) `Serialize`
+/// leaves `buf` as it was.
 pub(crate) fn push(buf: &mut Vec<u8>, value: &impl Serialize) -> Result<(), String> {
-    rmp_serde::encode::write(buf, value).map_err(|e| e.to_string())
+    super::codec::encode(buf, value)
 }
 
 /// Writes the body length in front of the frame in `buf`; fails if it is over the cap.
@@ -152,6 +113,7 @@ pub(crate) fn read_frame(input: &mut impl Read, buf: &mut Vec<u8>) -> io::Result
         _ => input.read_exact(&mut prefix[1..])?,
     }
     let len = body_len(prefix)?;
+    shrink_for(buf, len);
     buf.clear();
     while buf.len() < len {
         let start = buf.len();
@@ -174,6 +136,7 @@ pub(crate) async fn read_frame_async(
         _ => input.read_exact(&mut prefix[1..]).await?,
     }
     let len = body_len(prefix)?;
+    shrink_for(buf, len);
     buf.clear();
     while buf.len() < len {
         let start = buf.len();
@@ -184,8 +147,10 @@ pub(crate) async fn read_frame_async(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::protocol::{CodecFailure, FromWorker, ToWorker};
+    use proptest::prelude::*;
 
     #[test]
     fn header_and_payload_round_trip() {
@@ -232,14 +197,6 @@ pub(crate) mod tests {
         assert!(body.capacity() <= 2 * GROW_STEP);
     }
 
-    /// A small deterministic generator for the fuzz tests.
-    pub(crate) fn xorshift(state: &mut u64) -> u64 {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        *state
-    }
-
     /// Valid frames of every message, to mutate.
     fn samples() -> Vec<Vec<u8>> {
         let mut run = Vec::new();
@@ -271,40 +228,66 @@ pub(crate) mod tests {
         ]
     }
 
-    /// Random bytes and mutated valid frames through the frame reader and both header
-    /// decoders: errors, never a panic, and never more memory than the input justifies.
-    #[test]
-    fn fuzz_frames_and_headers() {
-        let samples = samples();
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    /// Reads every frame in `input` and decodes both kinds of header from each: errors, never
+    /// a panic, and never more memory than the input justifies.
+    fn read_all(input: &[u8]) {
+        let mut reader = input;
         let mut body = Vec::new();
-        for round in 0..10_000 {
-            let mut input = match round % 3 {
-                0 => samples[round % samples.len()].clone(),
-                1 => (0..xorshift(&mut state) % 64)
-                    .map(|_| xorshift(&mut state) as u8)
-                    .collect(),
-                _ => {
-                    let mut frame = samples[round % samples.len()].clone();
-                    frame.truncate(xorshift(&mut state) as usize % (frame.len() + 1));
-                    frame
-                }
-            };
-            for _ in 0..xorshift(&mut state) % 4 {
-                if !input.is_empty() {
-                    let at = xorshift(&mut state) as usize % input.len();
-                    input[at] = xorshift(&mut state) as u8;
-                }
-            }
-            let mut reader = &input[..];
-            while let Ok(true) = read_frame(&mut reader, &mut body) {
-                assert!(body.capacity() <= input.len() + 2 * GROW_STEP);
-                let _ = split::<ToWorker>(&body);
-                let _ = split::<FromWorker>(&body);
-            }
-            let _ = split::<ToWorker>(&input);
-            let _ = split::<FromWorker>(&input);
+        while let Ok(true) = read_frame(&mut reader, &mut body) {
+            assert!(body.capacity() <= input.len() + 2 * GROW_STEP);
+            let _ = split::<ToWorker>(&body);
+            let _ = split::<FromWorker>(&body);
         }
+        let _ = split::<ToWorker>(input);
+        let _ = split::<FromWorker>(input);
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_are_errors_not_panics(input in proptest::collection::vec(any::<u8>(), 0..96)) {
+            read_all(&input);
+        }
+
+        #[test]
+        fn mutated_frames_are_errors_not_panics(
+            which in 0usize..8,
+            cut in any::<prop::sample::Index>(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        ) {
+            let mut input = samples().swap_remove(which);
+            input.truncate(cut.index(input.len() + 1));
+            for (at, byte) in flips {
+                if !input.is_empty() {
+                    let at = at.index(input.len());
+                    input[at] = byte;
+                }
+            }
+            read_all(&input);
+        }
+    }
+
+    #[test]
+    fn a_small_frame_after_a_large_one_gives_the_memory_back() {
+        let mut large = Vec::new();
+        begin(&mut large, &FromWorker::Done { id: 1 }).unwrap();
+        push(
+            &mut large,
+            &serde_bytes::ByteBuf::from(vec![7u8; 4 * KEPT_CAPACITY]),
+        )
+        .unwrap();
+        finish(&mut large).unwrap();
+        let mut input = large;
+        input.extend_from_slice(&frame(&FromWorker::Done { id: 2 }));
+        let mut reader = &input[..];
+        let mut body = Vec::new();
+        assert!(read_frame(&mut reader, &mut body).unwrap());
+        assert!(body.capacity() >= 4 * KEPT_CAPACITY);
+        assert!(read_frame(&mut reader, &mut body).unwrap());
+        assert!(body.capacity() <= KEPT_CAPACITY, "{}", body.capacity());
+        assert!(matches!(
+            split::<FromWorker>(&body).unwrap().0,
+            FromWorker::Done { id: 2 }
+        ));
     }
 
     #[test]

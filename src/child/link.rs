@@ -1,0 +1,104 @@
+//! The worker's end of the protocol: private close-on-exec copies of the original stdin and
+//! stdout, read and written in frames.
+
+use std::fs::File;
+use std::io::{self, BufReader, Write};
+
+use rustix::event::{PollFd, PollFlags};
+
+use crate::protocol::frame;
+use crate::protocol::{FromWorker, ToWorker};
+
+/// How long an idle worker polls for its next task before it sleeps, yielding its CPU in
+/// between (docs/performance.md has the before and after).
+const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Size of the buffer in front of the protocol input.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// The worker's link to its parent.
+pub(super) struct ParentLink {
+    input: BufReader<File>,
+    output: File,
+    /// The body of the last frame read.
+    frame: Vec<u8>,
+    /// Where the payload starts in `frame`, after the header.
+    payload_start: usize,
+}
+
+impl ParentLink {
+    /// Moves the protocol off fds 0 and 1, so that user code that reads stdin gets end of file
+    /// and user code that prints writes to stderr instead of into a frame.
+    pub(super) fn take_over_stdio() -> io::Result<ParentLink> {
+        use rustix::io::fcntl_dupfd_cloexec;
+        use rustix::stdio;
+        let input = fcntl_dupfd_cloexec(stdio::stdin(), 3)?;
+        let output = fcntl_dupfd_cloexec(stdio::stdout(), 3)?;
+        stdio::dup2_stdout(stdio::stderr())?;
+        let null = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        stdio::dup2_stdin(&null)?;
+        Ok(ParentLink {
+            input: BufReader::with_capacity(READ_BUFFER, File::from(input)),
+            output: File::from(output),
+            frame: Vec::new(),
+            payload_start: 0,
+        })
+    }
+
+    /// Reads the next header; `None` at end of input (the parent is gone or done).
+    pub(super) fn receive(&mut self) -> Result<Option<ToWorker>, String> {
+        self.spin_for_input();
+        match frame::read_frame(&mut self.input, &mut self.frame) {
+            Ok(true) => {
+                let (header, payload) = frame::split(&self.frame)
+                    .map_err(|e| format!("undecodable message from the parent: {e}"))?;
+                self.payload_start = self.frame.len() - payload.len();
+                Ok(Some(header))
+            }
+            Ok(false) => Ok(None),
+            Err(e) => Err(format!("could not read from the parent: {e}")),
+        }
+    }
+
+    /// Polls for input for up to [`SPIN`] before the blocking read: a task that arrives soon
+    /// after the last one then starts without waiting for this process to be woken.
+    fn spin_for_input(&self) {
+        if !self.input.buffer().is_empty() {
+            return;
+        }
+        let now = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let started = std::time::Instant::now();
+        while started.elapsed() < SPIN {
+            let mut fds = [PollFd::new(self.input.get_ref(), PollFlags::IN)];
+            if rustix::event::poll(&mut fds, Some(&now)).unwrap_or(1) > 0 {
+                return; // input (or an error, which the read will report)
+            }
+            // Yield rather than spin: another thread of this CPU may be the one to send.
+            std::thread::yield_now();
+        }
+    }
+
+    /// The body of the last frame read, and where its payload starts.
+    pub(super) fn last_frame(&self) -> (&[u8], usize) {
+        (&self.frame, self.payload_start)
+    }
+
+    /// Sends a header-only message.
+    pub(super) fn send(&mut self, header: &FromWorker) -> Result<(), String> {
+        self.write(&frame::frame(header))
+    }
+
+    /// Writes a complete frame.
+    pub(super) fn write(&mut self, frame: &[u8]) -> Result<(), String> {
+        self.output
+            .write_all(frame)
+            .map_err(|e| format!("could not write to the parent: {e}"))
+    }
+}

@@ -1,0 +1,154 @@
+//! The trampolines a worker calls: decode the arguments, call the task function, encode the
+//! result; one per function type, for plain, async and `map` chunk calls.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{AsyncTaskFn, TaskFn};
+use crate::protocol::chunk::{
+    begin_segment, end_segment, Segments, ITEM_DECODE, ITEM_ENCODE, ITEM_OK, ITEM_PANICKED,
+};
+use crate::protocol::codec;
+use crate::protocol::entry::entry_for;
+use crate::protocol::CodecFailure;
+use crate::sys::panic::catch;
+
+/// The entry of `F`'s trampoline.
+pub(crate) fn entry_of<F: TaskFn<M>, M>() -> u64 {
+    const { assert_zero_sized::<F>() };
+    entry_for(trampoline::<F, M>)
+}
+
+/// The entry of async `F`'s trampoline.
+pub(crate) fn entry_of_async<F: AsyncTaskFn<M>, M>() -> u64 {
+    const { assert_zero_sized::<F>() };
+    entry_for(async_trampoline::<F, M>)
+}
+
+/// The entry of the trampoline that runs `F` on every item of a `map` chunk.
+pub(crate) fn chunk_entry_of<F: TaskFn<M>, M>() -> u64 {
+    const { assert_zero_sized::<F>() };
+    entry_for(chunk_trampoline::<F, M>)
+}
+
+/// Decodes the arguments of a task.
+fn decode_args<A: DeserializeOwned>(args: &[u8]) -> Result<A, CodecFailure> {
+    codec::decode(args).map_err(|e| CodecFailure::Decode(format!("arguments: {e}")))
+}
+
+/// Appends one encoded result.
+fn encode_output(out: &mut Vec<u8>, output: &impl Serialize) -> Result<(), CodecFailure> {
+    codec::encode(out, output).map_err(CodecFailure::Encode)
+}
+
+fn trampoline<F: TaskFn<M>, M>(args: &[u8], out: &mut Vec<u8>) -> Result<(), CodecFailure> {
+    let args = decode_args(args)?;
+    // SAFETY: `F: TaskFn<M>`, so `conjure`'s contract holds (see its proof).
+    let f = unsafe { conjure::<F>() };
+    encode_output(out, &f.call(args))
+}
+
+fn async_trampoline<F: AsyncTaskFn<M>, M>(
+    args: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CodecFailure> {
+    let args = decode_args(args)?;
+    // SAFETY: `F: AsyncTaskFn<M>`, so `conjure`'s contract holds (see its proof).
+    let f = unsafe { conjure::<F>() };
+    encode_output(out, &async_io::block_on(f.call(args)))
+}
+
+/// Runs `F` on every item of a chunk, each under its own `catch`, so that one item's panic or
+/// codec error is that item's outcome alone.
+fn chunk_trampoline<F: TaskFn<M>, M>(
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CodecFailure> {
+    let items = Segments::new(payload, false).map_err(CodecFailure::Decode)?;
+    out.extend_from_slice(&(items.count as u32).to_le_bytes());
+    // SAFETY: `F: TaskFn<M>`, so `conjure`'s contract holds (see its proof).
+    let f = unsafe { conjure::<F>() };
+    for item in items {
+        let (_, item) = item.map_err(CodecFailure::Decode)?;
+        let segment = begin_segment(out, ITEM_OK);
+        let outcome = match decode_args::<F::Args>(item) {
+            Ok(args) => match catch(|| f.call(args)) {
+                Ok(output) => encode_output(out, &output).map(|()| ITEM_OK),
+                Err(panic) => {
+                    out.truncate(segment + 5);
+                    encode_output(out, &(panic.message, panic.location)).map(|()| ITEM_PANICKED)
+                }
+            },
+            Err(failure) => Err(failure),
+        };
+        match outcome {
+            Ok(tag) => end_segment(out, segment, tag),
+            Err(CodecFailure::Decode(msg)) => {
+                out.truncate(segment + 5);
+                out.extend_from_slice(msg.as_bytes());
+                end_segment(out, segment, ITEM_DECODE);
+            }
+            Err(CodecFailure::Encode(msg)) => {
+                out.truncate(segment + 5);
+                out.extend_from_slice(format!("result: {msg}").as_bytes());
+                end_segment(out, segment, ITEM_ENCODE);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Produces the value of a task function type out of nothing, in the worker.
+///
+/// # Safety
+///
+/// `F` must implement [`TaskFn`] or [`AsyncTaskFn`] (for some signature), and the program
+/// must have held a value of `F`: every entry comes from a trampoline for `F`, and every
+/// public way to make one (`spawn`, `spawn_async`, `task`, `map`, and those of `Executor`,
+/// `process_fn` and `TaskScope`) takes the function by value.
+unsafe fn conjure<F: Copy>() -> F {
+    const { assert_zero_sized::<F>() };
+    // SAFETY: `F` is zero-sized (checked at compile time above), so it has no bytes: the
+    // all-zero value of its zero bytes is its only possible bit pattern. That bit pattern is a
+    // valid `F` because `F` is inhabited (the caller's contract: the program held a value of
+    // it). Both traits are sealed and implemented only for `Fn` types, and the zero-sized
+    // `Fn` types are function items and closures whose captures are all zero-sized; since
+    // `F: Copy`, every capture is `Copy` too, so no destructor can run twice and no ownership
+    // is duplicated. What this cannot keep is a *meaning* a captured zero-sized value may
+    // carry (a token proving that a lock is held): the `TaskFn` docs say so.
+    unsafe { std::mem::zeroed::<F>() }
+}
+
+/// Fails the build when a task function carries data (a capturing closure, a function pointer).
+const fn assert_zero_sized<F>() {
+    assert!(
+        std::mem::size_of::<F>() == 0,
+        "offload: a task function must be a function item or a closure that captures nothing; \
+         pass captured values as arguments instead"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::entry::resolve;
+
+    fn double(x: u64) -> u64 {
+        x * 2
+    }
+
+    fn entry_of_val<F: TaskFn<M>, M>(_f: F) -> u64 {
+        entry_of::<F, M>()
+    }
+
+    #[test]
+    fn entry_round_trips_to_the_same_trampoline() {
+        // SAFETY: the entry was made in this very process, for a trampoline of `double`.
+        let call = unsafe { resolve(entry_of_val(double)) };
+        let mut args = Vec::new();
+        codec::encode(&mut args, &21u64).unwrap();
+        let mut out = Vec::new();
+        call(&args, &mut out).unwrap();
+        assert_eq!(rmp_serde::from_slice::<u64>(&out).unwrap(), 42);
+    }
+}

@@ -1,0 +1,339 @@
+//! A slot: one worker place in the pool, served by successive worker processes.
+//!
+//! A slot is a plain sequential loop: start a worker and exchange the handshake; take jobs
+//! from the queue one at a time, send each and wait for its reply; start a replacement
+//! whenever the worker dies, misbehaves, or is stopped because its task was cancelled or timed
+//! out. The queue is an MPMC channel, so an idle slot takes the next job the moment it is
+//! spawned.
+
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_channel::Receiver;
+use async_io::Timer;
+use futures_lite::future;
+
+use super::driver::{Background, Driver, Finished};
+use super::state::Gauge;
+use super::submit::Job;
+use crate::error::TaskError;
+use crate::supervise::{Lost, Reply, Starting, WorkerLink};
+use crate::sys::wait::within;
+use crate::task::shared::{report_start, until_finished};
+use crate::trace;
+
+/// How long a slot waits for a stopped worker to exit before it leaves the rest of the stop to
+/// the background and starts a replacement.
+const QUICK_EXIT: Duration = Duration::from_millis(2);
+
+/// Longest pause between attempts to start a worker after failures.
+const MAX_RESPAWN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// One worker place in the pool: serves jobs with successive worker processes.
+pub(crate) async fn slot(
+    driver: Rc<Driver>,
+    first: Option<Starting>,
+    queue: Receiver<Job>,
+) -> Finished {
+    let counters = &driver.state.counters;
+    let mut next = first.map(Ok);
+    // A job taken from the queue before a worker existed for it (on-demand slots).
+    let mut waiting: Option<Job> = None;
+    let mut failures: u32 = 0;
+    let mut replacing = false;
+    loop {
+        let starting = match next.take() {
+            Some(starting) => starting,
+            None => {
+                if driver.options.on_demand && waiting.is_none() {
+                    match queue.recv().await {
+                        Ok(job) if job.task.is_finished() => continue, // cancelled meanwhile
+                        Ok(job) => waiting = Some(job),
+                        Err(_) => return Finished::Slot,
+                    }
+                }
+                driver.options.launch()
+            }
+        };
+        let started = match starting {
+            Ok(starting) => starting.handshake().await,
+            Err(err) => Err(err),
+        };
+        match started {
+            Ok(mut worker) => {
+                failures = 0;
+                if let Some(forward) = worker.forward_stderr() {
+                    let forward = Background::ForwardStderr(Box::pin(forward));
+                    let _ = driver.background.try_send(forward);
+                }
+                if replacing {
+                    counters.replaced.fetch_add(1, Ordering::Relaxed);
+                    trace::worker_replaced(worker.pid());
+                }
+                match serve(&driver, worker, &queue, &mut waiting).await {
+                    End::QueueClosed => return Finished::Slot,
+                    End::Replace => replacing = true,
+                }
+            }
+            Err(err) => {
+                failures += 1;
+                // A broken setup (say, `init()` missing from `main`) must fail tasks loudly
+                // rather than leave them queued forever; one retry absorbs a transient error.
+                if failures > 1 {
+                    let job = match waiting.take() {
+                        Some(job) => Ok(job),
+                        None => queue.recv().await,
+                    };
+                    match job {
+                        Ok(job) => {
+                            job.task.finish_with_error(TaskError::Spawn(Arc::new(err)));
+                            driver.state.report_end(&*job.task);
+                        }
+                        Err(_) => return Finished::Slot,
+                    }
+                }
+                let backoff = Duration::from_millis(10 << failures.min(7));
+                Timer::after(backoff.min(MAX_RESPAWN_BACKOFF)).await;
+            }
+        }
+        if !driver.options.on_demand {
+            next = Some(driver.options.launch());
+        }
+    }
+}
+
+/// Why a worker stopped serving.
+enum End {
+    /// The queue is closed and empty; the worker was shut down.
+    QueueClosed,
+    /// The worker is gone or being stopped; a replacement is needed.
+    Replace,
+}
+
+/// What happened while a worker was idle.
+enum Idle {
+    Job(Job),
+    QueueClosed,
+    /// The worker wrote something or closed its output without being asked.
+    Worker(io::Result<usize>),
+}
+
+/// What ended the wait for a running task.
+enum Step {
+    Reply(Result<Reply, Lost>),
+    /// The task ended from outside: it was cancelled.
+    Ended,
+    TimedOut(Duration),
+}
+
+/// Serves jobs (`waiting` first, then from `queue`) with `worker` until the queue closes, the
+/// worker is lost, or it has served its share.
+async fn serve(
+    driver: &Driver,
+    mut worker: WorkerLink,
+    queue: &Receiver<Job>,
+    waiting: &mut Option<Job>,
+) -> End {
+    let counters = &driver.state.counters;
+    // Counts the worker while it serves; dropped the moment it is known to be lost.
+    let mut serving = Some(Gauge::up(&counters.workers));
+    let mut served = 0;
+    // A job already started by the previous `run_job`, and whether it was written.
+    let mut following: Option<(Job, bool)> = None;
+    loop {
+        let (job, written) = match following.take() {
+            Some(following) => following,
+            None => {
+                if driver.options.max_tasks_per_worker == Some(served) {
+                    let _ = driver.background.try_send(Background::Retire(worker));
+                    return End::Replace;
+                }
+                let job = match waiting.take() {
+                    Some(job) => job,
+                    None => match wait_idle(&mut worker, queue).await {
+                        Idle::Job(job) => job,
+                        Idle::QueueClosed => {
+                            worker.shut_down().await;
+                            return End::QueueClosed;
+                        }
+                        Idle::Worker(Ok(0)) | Idle::Worker(Err(_)) => {
+                            serving.take();
+                            worker.bury().await;
+                            return End::Replace;
+                        }
+                        Idle::Worker(Ok(_)) => {
+                            serving.take();
+                            worker.stop(Duration::ZERO, "it wrote while idle").await;
+                            return End::Replace;
+                        }
+                    },
+                };
+                if !job.task.start(worker.pid()) {
+                    continue; // ended while queued
+                }
+                (job, false)
+            }
+        };
+        // The next job may follow this one only while the worker may take it.
+        let may_follow = driver
+            .options
+            .max_tasks_per_worker
+            .map_or(true, |max| served + 2 <= max);
+        let queue = may_follow.then_some(queue);
+        match run_job(driver, worker, job, written, queue, &mut serving).await {
+            Some((kept, next)) => {
+                worker = kept;
+                following = next;
+            }
+            None => return End::Replace,
+        }
+        served += 1;
+    }
+}
+
+/// Waits for a job for an idle worker, or for the worker to write or end on its own.
+async fn wait_idle(worker: &mut WorkerLink, queue: &Receiver<Job>) -> Idle {
+    future::or(
+        async {
+            match queue.recv().await {
+                Ok(job) => Idle::Job(job),
+                Err(_) => Idle::QueueClosed,
+            }
+        },
+        async { Idle::Worker(worker.unasked_output().await) },
+    )
+    .await
+}
+
+/// Runs a started job on `worker` (writing its frame unless `written`). Returns the worker if
+/// it can serve on, with the next job from `queue` already started when there was one, and
+/// written when small: the worker then gets it before this job's result is handed out. Returns `None`
+/// if the worker is gone or on its way out, in which case `serving` was dropped as soon as
+/// that was known. The flag beside the next job says whether its frame was written.
+async fn run_job<'a>(
+    driver: &Driver,
+    mut worker: WorkerLink,
+    job: Job,
+    written: bool,
+    queue: Option<&Receiver<Job>>,
+    serving: &mut Option<Gauge<'a>>,
+) -> Option<(WorkerLink, Option<(Job, bool)>)> {
+    let _busy = Gauge::up(&driver.state.counters.busy);
+    let task = job.task;
+    report_start(&*task);
+    let timeout = task.options().timeout;
+    let step = {
+        let exchange = async {
+            if !written && worker.send(&job.frame).await.is_err() {
+                return Err(Lost::Died);
+            }
+            worker.reply(job.id).await
+        };
+        let running = future::or(async { Step::Reply(exchange.await) }, async {
+            until_finished(&*task).await;
+            Step::Ended
+        });
+        match timeout {
+            Some(after) => within(after, running)
+                .await
+                .unwrap_or(Step::TimedOut(after)),
+            None => running.await,
+        }
+    };
+    // The task ended when its reply arrived, whatever is done before it is handed out.
+    let replied_at = Instant::now();
+    drop(job.frame);
+    let mut next = None;
+    if let Step::Reply(Ok(_)) = step {
+        // The worker is idle: give it the next job before handing this result out, if its
+        // frame fits in the pipe at once (a larger one would delay this result).
+        next = queue.and_then(next_started(worker.pid())).map(|job| {
+            let write_now = job.frame.len() <= EARLY_WRITE;
+            (job, write_now)
+        });
+        if let Some((next, true)) = &next {
+            report_start(&*next.task);
+            // A failed write shows as the worker's loss when its reply is read.
+            let _ = worker.send(&next.frame).await;
+        }
+    }
+    match step {
+        Step::Reply(Ok(Reply::Done { payload_start })) => {
+            task.finish_with_reply(Ok(worker.payload(payload_start)), replied_at);
+        }
+        Step::Reply(Ok(Reply::Failed(error))) => {
+            task.finish_with_reply(Err(error), replied_at);
+        }
+        Step::Reply(Err(lost @ (Lost::Died | Lost::CutShort))) => {
+            serving.take();
+            let error = match (worker.bury().await, lost) {
+                // Killed while writing: a death. Exiting mid-frame on its own: a broken frame.
+                (
+                    TaskError::WorkerDied {
+                        pid,
+                        code: Some(code),
+                        ..
+                    },
+                    Lost::CutShort,
+                ) => TaskError::Protocol(format!(
+                    "worker {pid} exited with code {code} in the middle of a frame"
+                )),
+                (error, _) => error,
+            };
+            task.finish_with_error(error);
+            task.settle();
+            driver.state.report_end(&*task);
+            return None;
+        }
+        Step::Reply(Err(Lost::Broken(msg))) => {
+            serving.take();
+            worker.stop(Duration::ZERO, "it broke the protocol").await;
+            task.finish_with_error(TaskError::Protocol(msg));
+            task.settle();
+            driver.state.report_end(&*task);
+            return None;
+        }
+        Step::Ended | Step::TimedOut(_) => {
+            serving.take();
+            if let Step::TimedOut(after) = step {
+                task.finish_with_error(TaskError::TimedOut { after });
+                driver.state.report_end(&*task);
+            }
+            let grace = task.options().cancel_timeout;
+            worker.begin_stop(grace, "its task was cancelled or timed out");
+            // Most workers are gone a fraction of a millisecond after SIGTERM: reaped here,
+            // the task settles before the replacement's start-up competes for the CPUs. One
+            // that takes longer is stopped in the background, and the replacement starts now.
+            if worker.exited_within(QUICK_EXIT).await {
+                task.settle();
+                driver.state.report_end(&*task);
+            } else {
+                let _ = driver
+                    .background
+                    .try_send(Background::Stop { worker, task });
+            }
+            return None;
+        }
+    }
+    task.settle();
+    driver.state.report_end(&*task);
+    Some((worker, next))
+}
+
+/// The largest frame written to a worker before the result of its previous job is handed out:
+/// one that small fits in any pipe buffer at once.
+const EARLY_WRITE: usize = 64 * 1024;
+
+/// Takes the next job from a queue that has one ready and starts it on worker `pid`,
+/// skipping jobs that ended while queued.
+fn next_started(pid: u32) -> impl FnOnce(&Receiver<Job>) -> Option<Job> {
+    move |queue| loop {
+        let job = queue.try_recv().ok()?;
+        if job.task.start(pid) {
+            return Some(job);
+        }
+    }
+}

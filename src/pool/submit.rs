@@ -1,0 +1,143 @@
+//! How a task is submitted: its call (what runs in the worker, how its result is read), its
+//! `Run` frame, encoded on the caller's thread, and the job that carries both to the queue.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::ProcessPool;
+use crate::error::TaskError;
+use crate::func::trampoline::{entry_of, entry_of_async};
+use crate::func::{func_name, AsyncTaskFn, TaskFn};
+use crate::protocol::{frame, ToWorker};
+use crate::task::args::{ArgsLayout, EncodedArgs};
+use crate::task::hand_end_to_driver;
+use crate::task::options::TaskOptions;
+use crate::task::shared::{decode_value, report_end, AnyTask, Decoder, Shared};
+use crate::task::ProcessTask;
+
+/// One task on its way to a worker.
+pub(crate) struct Job {
+    pub(crate) id: u64,
+    /// The complete `Run` frame, arguments included; the task's metadata shares it.
+    pub(crate) frame: Arc<Vec<u8>>,
+    pub(crate) task: Arc<dyn AnyTask>,
+}
+
+/// A call on its way to a pool: what to run in the worker, and how to read its result.
+pub(crate) struct Call<T> {
+    pub(crate) entry: u64,
+    pub(crate) func_name: &'static str,
+    pub(crate) decode: Decoder<T>,
+    /// How the arguments sit in the frame, to print them.
+    pub(crate) layout: ArgsLayout,
+    pub(crate) options: TaskOptions,
+}
+
+/// A call of the task function `F`.
+pub(crate) fn call_of<F: TaskFn<M>, M>(options: TaskOptions) -> Call<F::Output> {
+    Call {
+        entry: entry_of::<F, M>(),
+        func_name: func_name::<F>(),
+        decode: decode_value::<F::Output>,
+        layout: ArgsLayout::Value,
+        options,
+    }
+}
+
+/// A call of the async task function `F`.
+pub(crate) fn async_call_of<F: AsyncTaskFn<M>, M>(options: TaskOptions) -> Call<F::Output> {
+    Call {
+        entry: entry_of_async::<F, M>(),
+        func_name: func_name::<F>(),
+        decode: decode_value::<F::Output>,
+        layout: ArgsLayout::Value,
+        options,
+    }
+}
+
+/// Writes `args` as the payload of a `Run` frame.
+pub(crate) fn encode_args<A: Serialize>(
+    args: &A,
+) -> impl FnOnce(&mut Vec<u8>) -> Result<(), String> + '_ {
+    move |frame| frame::push(frame, args)
+}
+
+/// Task ids, unique across all pools of the process.
+static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Queues `call` on `pool`, with the payload `write_payload` appends to the frame, or returns
+/// the task already failed if that is impossible.
+pub(crate) fn submit<T: Send + 'static>(
+    pool: Result<&ProcessPool, TaskError>,
+    call: Call<T>,
+    write_payload: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) -> ProcessTask<T> {
+    let id = NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed);
+    let pool = match pool {
+        Ok(pool) => pool,
+        Err(err) => {
+            let shared = Arc::new(Shared::new(
+                id,
+                call.func_name,
+                None,
+                call.decode,
+                call.options,
+                None,
+            ));
+            shared.finish_with_error(err);
+            report_end(&*shared);
+            return ProcessTask::new(shared, None);
+        }
+    };
+    let state = &pool.inner.state;
+    let mut frame = Vec::with_capacity(64);
+    let encoded = frame::begin(
+        &mut frame,
+        &ToWorker::Run {
+            id,
+            entry: call.entry,
+        },
+    )
+    .map(|()| frame.len())
+    .and_then(|args_start| write_payload(&mut frame).map(|()| args_start))
+    .and_then(|args_start| frame::finish(&mut frame).map(|()| args_start));
+    let (frame, args) = match encoded {
+        Ok(args_start) => {
+            let frame = Arc::new(frame);
+            let args = EncodedArgs::new(frame.clone(), args_start, call.layout);
+            (Ok(frame), Some(args))
+        }
+        Err(msg) => (Err(msg), None),
+    };
+    let shared = Arc::new(Shared::new(
+        id,
+        call.func_name,
+        args,
+        call.decode,
+        call.options,
+        Some(state.tally.clone()),
+    ));
+    let any: Arc<dyn AnyTask> = shared.clone();
+    let task = ProcessTask::new(shared, Some((any.clone(), state.notices().clone())));
+    let frame = match frame {
+        Ok(frame) => frame,
+        Err(msg) => {
+            any.finish_with_error(TaskError::Encode(format!("arguments: {msg}")));
+            hand_end_to_driver(&any, state.notices());
+            return task;
+        }
+    };
+    state.register(any.clone());
+    let job = Job {
+        id,
+        frame,
+        task: any.clone(),
+    };
+    if pool.inner.jobs.try_send(job).is_err() {
+        any.finish_with_error(TaskError::PoolClosed);
+        state.report_end(&*any);
+    }
+    task
+}

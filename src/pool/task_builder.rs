@@ -1,0 +1,168 @@
+//! [`TaskBuilder`]: per-task options, then spawn.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::submit::{async_call_of, call_of, encode_args, submit};
+use super::ProcessPool;
+use crate::error::TaskError;
+use crate::func::{func_name, AsyncTaskFn, TaskFn};
+use crate::task::options::TaskOptions;
+use crate::task::{ProcessTask, TaskInfo};
+
+/// Per-task options: build one with [`ProcessPool::task`] (or
+/// [`Executor::task`](crate::Executor::task)), set options, then
+/// [`spawn`](TaskBuilder::spawn), [`spawn_async`](TaskBuilder::spawn_async) or
+/// [`map`](TaskBuilder::map) (as many times as wanted, all with the same options).
+///
+/// # Examples
+///
+/// ```no_run
+/// # offload::init();
+/// use std::time::Duration;
+/// use offload::TaskInfo;
+///
+/// fn fib(n: u64) -> u64 { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }
+///
+/// # futures_lite::future::block_on(async {
+/// let pool = offload::ProcessPool::new(2)?;
+/// let task = pool
+///     .task(fib)
+///     .timeout(Duration::from_secs(10))        // kill + TaskError::TimedOut
+///     .cancel_timeout(Duration::from_secs(2))  // SIGTERM → 2 s → SIGKILL
+///     .on_start(|i: &TaskInfo| println!("started in {:?}", i.pid()))
+///     .on_done(|i: &TaskInfo| println!("done in {:?}", i.duration()))
+///     .on_error(|i: &TaskInfo| eprintln!("failed: {:?}", i.error()))
+///     .spawn(30);
+/// assert_eq!(task.await?, 832040);
+/// # Ok::<(), offload::Error>(()) }).unwrap();
+/// ```
+pub struct TaskBuilder<F, M> {
+    /// Where tasks go; the error tasks fail with if there is nowhere to go.
+    pub(crate) pool: Result<ProcessPool, TaskError>,
+    pub(crate) options: TaskOptions,
+    marker: PhantomData<fn(F) -> M>,
+}
+
+impl<F, M> TaskBuilder<F, M> {
+    pub(crate) fn new(pool: Result<ProcessPool, TaskError>) -> Self {
+        TaskBuilder {
+            pool,
+            options: TaskOptions::default(),
+            marker: PhantomData,
+        }
+    }
+
+    /// Limits the task's run time: once it has run for `timeout` (counted from the moment a
+    /// worker takes it, not from spawning), its worker is stopped as for a cancel and the task
+    /// fails with [`TaskError::TimedOut`] (status `failed`). For [`map`](TaskBuilder::map), the
+    /// limit is per item.
+    ///
+    /// Time spent queued does not count. To bound the total time instead, race the task
+    /// against your runtime's timer: dropping the task cancels it.
+    ///
+    /// The default value of this option is no timeout.
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// How long a worker stopped for this task (cancel, drop, timeout) gets between `SIGTERM`
+    /// and `SIGKILL`. A zero duration sends `SIGKILL` at once.
+    ///
+    /// The default value of this option is 5 seconds.
+    pub fn cancel_timeout(&mut self, grace: Duration) -> &mut Self {
+        self.options.cancel_timeout = grace;
+        self
+    }
+
+    /// Runs `callback` when the task is sent to a worker (status `running`, pid set).
+    ///
+    /// Callbacks run on the pool's thread, in the order `on_start` → `on_done` or
+    /// `on_error`, each at most once; they should be quick, and must not block on a pool
+    /// (`wait` and `map_blocking` panic there rather than wait forever). A callback that
+    /// panics is logged (through the `log` crate) and changes nothing else. A task's result is
+    /// handed out only after its `on_done` or `on_error` has returned, so what a callback
+    /// records is there when `await` (or `wait`) returns. For [`map`](TaskBuilder::map),
+    /// callbacks run once per chunk of items (a chunk is one task).
+    ///
+    /// The default value of this option is no callback.
+    pub fn on_start(&mut self, callback: impl Fn(&TaskInfo) + Send + Sync + 'static) -> &mut Self {
+        self.options.on_start = Some(Arc::new(callback));
+        self
+    }
+
+    /// Runs `callback` when the task has returned its value (status `done`, end time and
+    /// duration set). See [`on_start`](TaskBuilder::on_start) for how callbacks run.
+    ///
+    /// The default value of this option is no callback.
+    pub fn on_done(&mut self, callback: impl Fn(&TaskInfo) + Send + Sync + 'static) -> &mut Self {
+        self.options.on_done = Some(Arc::new(callback));
+        self
+    }
+
+    /// Runs `callback` when the task failed, timed out or was cancelled (error set). See
+    /// [`on_start`](TaskBuilder::on_start) for how callbacks run; for a task that the pool
+    /// refused because it was shut down, `on_error` runs on the thread that spawned it.
+    ///
+    /// The default value of this option is no callback.
+    pub fn on_error(&mut self, callback: impl Fn(&TaskInfo) + Send + Sync + 'static) -> &mut Self {
+        self.options.on_error = Some(Arc::new(callback));
+        self
+    }
+
+    /// Spawns `f(args)` with these options; see [`ProcessPool::spawn`].
+    pub fn spawn(&self, args: F::Args) -> ProcessTask<F::Output>
+    where
+        F: TaskFn<M>,
+    {
+        submit(
+            self.pool.as_ref().map_err(Clone::clone),
+            call_of::<F, M>(self.options.clone()),
+            encode_args(&args),
+        )
+    }
+
+    /// Spawns the async function `f(args)` with these options; see
+    /// [`ProcessPool::spawn_async`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// use std::time::Duration;
+    ///
+    /// async fn nap(ms: u64) -> u64 {
+    ///     async_io::Timer::after(Duration::from_millis(ms)).await;
+    ///     ms
+    /// }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(1)?;
+    /// let late = pool.task(nap).timeout(Duration::from_millis(50)).spawn_async(10_000);
+    /// assert!(late.await.unwrap_err().is_timed_out());
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn spawn_async(&self, args: F::Args) -> ProcessTask<F::Output>
+    where
+        F: AsyncTaskFn<M>,
+    {
+        submit(
+            self.pool.as_ref().map_err(Clone::clone),
+            async_call_of::<F, M>(self.options.clone()),
+            encode_args(&args),
+        )
+    }
+}
+
+impl<F, M> fmt::Debug for TaskBuilder<F, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskBuilder")
+            .field("func", &func_name::<F>())
+            .field("timeout", &self.options.timeout)
+            .field("cancel_timeout", &self.options.cancel_timeout)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,57 @@
+//! The messages between the parent and a worker: the headers of frames.
+
+use serde::{Deserialize, Serialize};
+
+/// Parent → worker headers.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    /// The first frame: the parent's build identity and pid, and the worker's memory cap.
+    Hello {
+        build: u64,
+        parent: u32,
+        memory_limit: Option<u64>,
+    },
+    /// Run the function at `entry` on the arguments that follow the header.
+    Run { id: u64, entry: u64 },
+    /// Exit after the current frame.
+    Shutdown,
+}
+
+/// Worker → parent headers.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// The answer to `Hello`: the worker runs the same build and is ready.
+    Hello { pid: u32, build: u64 },
+    /// The worker will not serve this parent; it exits after sending this.
+    Refused { reason: String },
+    /// Task `id` returned; its encoded result follows the header.
+    Done { id: u64 },
+    /// Task `id` panicked.
+    Panicked {
+        id: u64,
+        message: String,
+        location: Option<String>,
+    },
+    /// Task `id` could not decode its arguments or encode its result.
+    Failed { id: u64, error: CodecFailure },
+}
+
+impl FromWorker {
+    /// The message's name, for error messages (the message itself may be large).
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            FromWorker::Hello { .. } => "Hello",
+            FromWorker::Refused { .. } => "Refused",
+            FromWorker::Done { .. } => "Done",
+            FromWorker::Panicked { .. } => "Panicked",
+            FromWorker::Failed { .. } => "Failed",
+        }
+    }
+}
+
+/// A serialization failure inside the worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum CodecFailure {
+    Encode(String),
+    Decode(String),
+}

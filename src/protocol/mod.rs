@@ -1,0 +1,16 @@
+//! What crosses the pipes between the parent and a worker: frames, the messages they carry,
+//! the entries that name functions, the build identity both sides must share, and the
+//! encoding of `map` chunks.
+
+pub(crate) mod build;
+pub(crate) mod chunk;
+pub(crate) mod codec;
+pub(crate) mod entry;
+pub(crate) mod frame;
+mod message;
+
+pub use frame::MAX_FRAME_LEN;
+
+/// The argument that makes a process an offload worker (as its only argument).
+pub(crate) const WORKER_FLAG: &str = "--worker";
+pub(crate) use message::{CodecFailure, FromWorker, ToWorker};

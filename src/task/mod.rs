@@ -1,0 +1,15 @@
+//! A task: its shared state, its [`TaskStatus`], its [`TaskInfo`] snapshot and its handle,
+//! [`ProcessTask`]. Nothing here knows how a pool schedules or runs it.
+
+pub(crate) mod args;
+pub(crate) mod blocking;
+mod handle;
+mod info;
+pub(crate) mod options;
+pub(crate) mod shared;
+mod status;
+
+pub(crate) use handle::hand_end_to_driver;
+pub use handle::ProcessTask;
+pub use info::TaskInfo;
+pub use status::TaskStatus;
