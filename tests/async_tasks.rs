@@ -3,11 +3,13 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Runtime;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use offload::{Executor, Isolated, ProcessPool};
+use offload::{Executor, Isolated, ProcessPool, TaskInfo};
 
 async fn sleep_then_add(a: u64, b: u64, ms: u64) -> (u64, u32) {
     let started = Instant::now();
@@ -79,10 +81,53 @@ async fn async_functions_run_on_isolated_processes() {
     assert_ne!(pid_a, pid_b);
 }
 
+/// `spawn_async` takes the per-task options of `TaskBuilder`: a timeout stops the worker
+/// (the task fails with `TimedOut`), callbacks run, and the metadata shows the options.
+async fn async_functions_take_per_task_options() {
+    let pool = ProcessPool::new(1).unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let (on_start, on_error) = (started.clone(), errors.clone());
+    let mut task = pool
+        .task(sleep_then_add)
+        .timeout(Duration::from_millis(50))
+        .cancel_timeout(Duration::ZERO)
+        .on_start(move |_: &TaskInfo| {
+            on_start.fetch_add(1, Ordering::SeqCst);
+        })
+        .on_error(move |_: &TaskInfo| {
+            on_error.fetch_add(1, Ordering::SeqCst);
+        })
+        .spawn_async((1, 2, 60_000));
+    assert_eq!(task.timeout(), Some(Duration::from_millis(50)));
+    assert_eq!(task.args().as_deref(), Some("[1, 2, 60000]"));
+    let err = (&mut task).await.unwrap_err();
+    assert!(err.is_timed_out(), "{err}");
+    assert_eq!(
+        (
+            started.load(Ordering::SeqCst),
+            errors.load(Ordering::SeqCst)
+        ),
+        (1, 1)
+    );
+    let pid = task.pid().unwrap();
+    common::eventually("the timed-out worker is gone", || {
+        !common::is_our_child(pid)
+    })
+    .await;
+    let (sum, _) = pool
+        .task(sleep_then_add)
+        .spawn_async((2, 3, 0))
+        .await
+        .unwrap();
+    assert_eq!(sum, 5, "a replacement serves");
+}
+
 fn main() {
     let scenarios = scenarios![
         async_functions_run_in_the_worker,
         async_functions_run_on_isolated_processes,
+        async_functions_take_per_task_options,
     ];
     common::main_with(common::trials_under(
         &[Runtime::Smol, Runtime::TokioMultiThread],

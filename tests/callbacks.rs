@@ -164,12 +164,69 @@ async fn blocking_on_a_pool_in_a_callback_panics_instead_of_hanging() {
     assert_eq!(names(&log), ["tried"], "the blocking call did not return");
 }
 
+/// A callback that takes a while, then records its name.
+fn slow_recorder(log: &Log, name: &'static str) -> impl Fn(&TaskInfo) + Send + Sync + 'static {
+    let record = recorder(log, name);
+    move |info: &TaskInfo| {
+        std::thread::sleep(Duration::from_millis(30));
+        record(info)
+    }
+}
+
+/// "Log in a callback, read the log after `await`": the result is handed out only once the
+/// task's `on_done` or `on_error` has returned, however long it takes.
+async fn end_callbacks_have_run_when_await_returns() {
+    let pool = ProcessPool::new(1).unwrap();
+    let log = Log::default();
+    let done = pool
+        .task(sleep_ms)
+        .on_done(slow_recorder(&log, "done"))
+        .spawn(1);
+    done.await.unwrap();
+    assert_eq!(names(&log), ["done"]);
+
+    let failed = pool
+        .task(boom)
+        .on_error(slow_recorder(&log, "panic"))
+        .spawn(());
+    assert!(failed.await.unwrap_err().is_panicked());
+    assert_eq!(names(&log), ["done", "panic"]);
+
+    let timed_out = pool
+        .task(spin)
+        .timeout(Duration::from_millis(20))
+        .on_error(slow_recorder(&log, "timeout"))
+        .spawn(());
+    assert!(timed_out.await.unwrap_err().is_timed_out());
+    assert_eq!(names(&log), ["done", "panic", "timeout"]);
+
+    let mut running = pool
+        .task(spin)
+        .on_error(slow_recorder(&log, "cancel"))
+        .spawn(());
+    eventually("the task runs", || running.status() == "running").await;
+    assert!(running.cancel());
+    assert!((&mut running).await.unwrap_err().is_cancelled());
+    assert_eq!(names(&log), ["done", "panic", "timeout", "cancel"]);
+
+    let task = pool
+        .task(sleep_ms)
+        .on_done(slow_recorder(&log, "wait"))
+        .spawn(1);
+    std::thread::spawn(move || task.wait().map(|_| ()))
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(names(&log), ["done", "panic", "timeout", "cancel", "wait"]);
+}
+
 fn main() {
     let scenarios = scenarios![
         success_runs_on_start_then_on_done_on_the_driver_thread,
         on_error_fires_once_for_panic_timeout_and_cancellations,
         panicking_callback_changes_nothing_else,
         blocking_on_a_pool_in_a_callback_panics_instead_of_hanging,
+        end_callbacks_have_run_when_await_returns,
     ];
     let runtimes = [Runtime::Smol, Runtime::TokioMultiThread];
     common::main_with(common::trials_under(&runtimes, &scenarios));

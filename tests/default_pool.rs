@@ -32,6 +32,16 @@ fn to_process_runs_on_a_lazily_created_default_pool() {
         assert_eq!(previous.workers(), cpus);
         assert_eq!(offload::to_process(whoami, ()).await.unwrap(), mine_pid);
         assert_eq!(offload::default_pool().unwrap().workers(), 1);
+
+        // Cleared, the default is created afresh on next use; the old one is handed back.
+        let cleared = offload::set_default_pool(None).expect("the pool set above");
+        assert_eq!(cleared.workers(), 1);
+        assert!(offload::set_default_pool(None).is_none(), "nothing is left");
+        cleared.shutdown().await;
+        let fresh = offload::default_pool().unwrap();
+        assert_eq!(fresh.workers(), cpus);
+        assert!(!fresh.is_closed());
+        assert_ne!(offload::to_process(whoami, ()).await.unwrap(), mine_pid);
     });
 }
 

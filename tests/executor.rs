@@ -120,6 +120,15 @@ fn max_procs_comes_from_the_environment() {
     );
 }
 
+/// Zero processes at once is refused as zero workers are: tasks fail with a clear error.
+fn isolated_with_zero_processes_fails_tasks_clearly() {
+    let isolated = Isolated::with_max_procs(0);
+    assert_eq!(isolated.max_procs(), 0);
+    let err = isolated.spawn(checksum, vec![1]).wait().unwrap_err();
+    assert!(err.is_spawn(), "{err}");
+    assert!(err.to_string().contains("at least one worker"), "{err}");
+}
+
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("--print-max-procs") {
         println!("{}", Isolated::new().max_procs());
@@ -135,6 +144,10 @@ fn main() {
     trials.push(common::trial(
         "max_procs_comes_from_the_environment",
         max_procs_comes_from_the_environment,
+    ));
+    trials.push(common::trial(
+        "isolated_with_zero_processes_fails_tasks_clearly",
+        isolated_with_zero_processes_fails_tasks_clearly,
     ));
     common::main_with(trials);
 }

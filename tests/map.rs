@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 
 use common::{eventually, is_our_child, spin, Runtime};
 use futures_lite::StreamExt;
@@ -157,6 +158,46 @@ fn map_blocking_from_plain_threads() {
     }
 }
 
+/// Spins forever on 5; returns other items at once.
+fn stuck_on_five(x: u64) -> u64 {
+    if x == 5 {
+        loop {
+            std::hint::spin_loop();
+        }
+    }
+    x
+}
+
+/// `map` takes the options of `TaskBuilder`: the timeout is per item, and only the item that
+/// runs too long fails with it.
+async fn a_per_item_timeout_fails_only_the_slow_item() {
+    let pool = ProcessPool::new(2).unwrap();
+    let chunks_done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = chunks_done.clone();
+    let results = pool
+        .task(stuck_on_five)
+        .timeout(std::time::Duration::from_millis(500))
+        .cancel_timeout(std::time::Duration::ZERO)
+        .on_done(move |_: &offload::TaskInfo| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        })
+        .map(0..8)
+        .await;
+    for (i, result) in results.iter().enumerate() {
+        match i {
+            5 => assert!(result.as_ref().unwrap_err().is_timed_out(), "{result:?}"),
+            _ => assert_eq!(result.as_ref().unwrap(), &(i as u64)),
+        }
+    }
+    let done = chunks_done.load(Ordering::SeqCst);
+    assert!((1..8).contains(&done), "on_done runs per chunk: {done}");
+    assert_eq!(
+        pool.spawn(square, 3).await.unwrap(),
+        9,
+        "the pool serves on"
+    );
+}
+
 fn main() {
     let scenarios = scenarios![
         results_come_in_input_order,
@@ -165,6 +206,7 @@ fn main() {
         an_item_that_cannot_be_encoded_fails_alone,
         unordered_yields_every_index_once,
         dropping_a_map_cancels_what_is_left,
+        a_per_item_timeout_fails_only_the_slow_item,
     ];
     let mut trials = common::trials_under(&[Runtime::Smol, Runtime::TokioMultiThread], &scenarios);
     trials.push(common::trial(

@@ -97,6 +97,61 @@ fn ids_are_unique_and_times_ordered() {
     });
 }
 
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+fn label(name: String, tags: Vec<u8>) -> usize {
+    name.len() + tags.len()
+}
+
+/// A task gives back what it was started with: its timeout, its cancel timeout and its
+/// arguments, on the handle, in snapshots and in callbacks, also after it ended.
+fn metadata_gives_back_what_the_task_was_started_with() {
+    let pool = ProcessPool::new(1).unwrap();
+    let mut plain = pool.spawn(add, (40, 2));
+    assert_eq!(plain.timeout(), None);
+    assert_eq!(
+        plain.cancel_timeout(),
+        Duration::from_secs(5),
+        "the default"
+    );
+    assert_eq!(plain.args().as_deref(), Some("[40, 2]"));
+    Runtime::Smol.block_on(async move {
+        assert_eq!((&mut plain).await.unwrap(), 42);
+        assert_eq!(
+            plain.info().args().as_deref(),
+            Some("[40, 2]"),
+            "kept after the end"
+        );
+    });
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let record = seen.clone();
+    let task = pool
+        .task(label)
+        .timeout(Duration::from_secs(7))
+        .cancel_timeout(Duration::from_millis(250))
+        .on_start(move |info: &offload::TaskInfo| {
+            *record.lock().unwrap() = Some((info.timeout(), info.cancel_timeout(), info.args()));
+        })
+        .spawn(("tiff".to_string(), vec![1, 2, 3]));
+    assert_eq!(task.timeout(), Some(Duration::from_secs(7)));
+    assert_eq!(task.cancel_timeout(), Duration::from_millis(250));
+    let info = task.info();
+    assert_eq!(task.wait().unwrap(), 7);
+    assert_eq!(info.args().as_deref(), Some(r#"["tiff", [1, 2, 3]]"#));
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        Some((
+            Some(Duration::from_secs(7)),
+            Duration::from_millis(250),
+            Some(r#"["tiff", [1, 2, 3]]"#.to_string())
+        ))
+    );
+    assert_eq!(pool.spawn(sleep_ms, 1).args().as_deref(), Some("1"));
+}
+
 fn main() {
     common::main_with(vec![
         trial(
@@ -114,6 +169,10 @@ fn main() {
         trial(
             "ids_are_unique_and_times_ordered",
             ids_are_unique_and_times_ordered,
+        ),
+        trial(
+            "metadata_gives_back_what_the_task_was_started_with",
+            metadata_gives_back_what_the_task_was_started_with,
         ),
     ]);
 }

@@ -101,6 +101,14 @@ fn sync_twins_from_plain_code() {
     };
     assert_eq!(result.unwrap(), 81);
     assert!(task.try_take().is_none(), "the result was taken");
+    assert!(task.is_finished(), "and stays finished");
+
+    // A task that cannot have ended yet (it sleeps 300 ms) is not finished, then is.
+    let mut slow = pool.spawn(common::sleep_ms, 300);
+    assert!(!slow.is_finished() && slow.try_take().is_none());
+    common::wait_until("it ends", || slow.is_finished());
+    assert_eq!(slow.try_take().unwrap().unwrap(), slow.pid().unwrap());
+    assert!(slow.is_finished() && slow.try_take().is_none());
 
     let spinning = pool.spawn(common::spin, ());
     common::wait_until("it spins", || spinning.status() == "running");
