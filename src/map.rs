@@ -9,8 +9,10 @@
 //! Chunk sizes adapt: small at first, then sized to take about [`TARGET_CHUNK_TIME`] in a
 //! worker, and never so large that the last chunks leave workers idle.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -270,22 +272,55 @@ where
         let size = self.chunk_size();
         let mut items = EncodedItems::default();
         let mut indices = Vec::with_capacity(size);
+        while indices.len() < size && !self.exhausted {
+            // One guard for the whole chunk, not one per item (which would keep the encoding of
+            // small items from being inlined): a panicking `Serialize` fails its item alone,
+            // and the chunk goes on with the next; a panicking input iterator panics here, as
+            // it would anywhere.
+            let encoding = Cell::new(None);
+            let filled = panic::catch_unwind(AssertUnwindSafe(|| {
+                self.take_items(size, &mut items, &mut indices, &encoding)
+            }));
+            if let Err(payload) = filled {
+                let Some(index) = encoding.get() else {
+                    panic::resume_unwind(payload);
+                };
+                items.drop_partial();
+                let message = crate::sys::panic::panic_message(&*payload);
+                let error = format!("arguments: its Serialize panicked: {message}");
+                self.ready.push_back((index, Err(TaskError::Encode(error))));
+            }
+        }
+        if !indices.is_empty() {
+            self.send(indices, items);
+        }
+    }
+
+    /// Takes items from the input and encodes them until the chunk has `size` of them or the
+    /// input ends; `encoding` names the item being encoded, to blame for a panic.
+    fn take_items(
+        &mut self,
+        size: usize,
+        items: &mut EncodedItems,
+        indices: &mut Vec<usize>,
+        encoding: &Cell<Option<usize>>,
+    ) {
         while indices.len() < size {
             let Some(item) = self.items.next() else {
                 self.exhausted = true;
-                break;
+                return;
             };
             let index = self.next_index;
             self.next_index += 1;
-            match items.push(&item) {
+            encoding.set(Some(index));
+            let pushed = items.push(&item);
+            encoding.set(None);
+            match pushed {
                 Ok(()) => indices.push(index),
                 Err(msg) => self
                     .ready
                     .push_back((index, Err(TaskError::Encode(format!("arguments: {msg}"))))),
             }
-        }
-        if !indices.is_empty() {
-            self.send(indices, items);
         }
     }
 

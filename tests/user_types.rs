@@ -117,12 +117,54 @@ async fn a_map_item_whose_result_cannot_be_decoded_fails_alone() {
     pool.shutdown().await;
 }
 
+/// Encodes as its number, except 2, whose `Serialize` panics; decodes as any number, except
+/// 4, whose `Deserialize` panics (in the worker, for an argument).
+#[derive(Debug)]
+pub struct Touchy(u8);
+
+impl Serialize for Touchy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        assert_ne!(self.0, 2, "Touchy 2 refuses to be encoded");
+        s.serialize_u8(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Touchy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u8::deserialize(d)?;
+        assert_ne!(n, 4, "Touchy 4 refuses to be decoded");
+        Ok(Touchy(n))
+    }
+}
+
+fn touch(t: Touchy) -> u8 {
+    t.0
+}
+
+async fn map_items_whose_serde_panics_fail_alone() {
+    let pool = ProcessPool::new(2).unwrap();
+    let results = pool.map(touch, (0..8).map(Touchy)).await;
+    for (i, result) in results.iter().enumerate() {
+        match i {
+            2 | 4 => {
+                let err = result.as_ref().unwrap_err();
+                assert!(err.is_codec(), "{i}: {err}");
+                assert!(err.to_string().contains(&format!("Touchy {i}")), "{err}");
+            }
+            _ => assert_eq!(result.as_ref().unwrap(), &(i as u8)),
+        }
+    }
+    still_serves(&pool).await;
+    pool.shutdown().await;
+}
+
 fn main() {
     let scenarios = scenarios![
         a_result_whose_deserialize_panics_fails_its_task_alone,
         a_result_whose_serialize_panics_in_the_worker_fails_its_task_alone,
         an_argument_whose_serialize_panics_fails_its_task_alone,
         a_map_item_whose_result_cannot_be_decoded_fails_alone,
+        map_items_whose_serde_panics_fail_alone,
     ];
     common::main_with(trials_under(&RUNTIMES, &scenarios));
 }

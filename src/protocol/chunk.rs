@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::codec;
 use crate::error::TaskError;
+use crate::sys::panic::catch;
 
 /// Outcome tags in a chunk's reply.
 pub(crate) const ITEM_OK: u8 = 0;
@@ -91,8 +92,27 @@ fn split_u32(bytes: &[u8]) -> Option<(u32, &[u8])> {
 }
 
 /// Decodes a chunk's reply: one outcome per item.
+///
+/// The items are decoded under one `catch_unwind` (one per item would keep the decoding of
+/// small values from being inlined); only if an item's `Deserialize` panics is the chunk
+/// decoded again with one `catch_unwind` per item, so that the panic fails that item alone.
 pub(crate) fn decode_chunk<R: DeserializeOwned>(
     payload: &[u8],
+) -> Result<Vec<Result<R, TaskError>>, String> {
+    match catch(|| {
+        decode_outcomes(payload, |bytes| {
+            rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+        })
+    }) {
+        Ok(outcomes) => outcomes,
+        Err(_) => decode_outcomes(payload, codec::decode),
+    }
+}
+
+/// Decodes every outcome of a chunk's reply, values with `decode`.
+fn decode_outcomes<R>(
+    payload: &[u8],
+    decode: impl Fn(&[u8]) -> Result<R, String>,
 ) -> Result<Vec<Result<R, TaskError>>, String> {
     let segments = Segments::new(payload, true)?;
     let mut outcomes = Vec::with_capacity(segments.count.min(PREALLOCATED_OUTCOMES));
@@ -100,7 +120,7 @@ pub(crate) fn decode_chunk<R: DeserializeOwned>(
         let (tag, bytes) = segment?;
         let text = || String::from_utf8_lossy(bytes).into_owned();
         outcomes.push(match tag {
-            ITEM_OK => codec::decode(bytes).map_err(|e| TaskError::Decode(format!("result: {e}"))),
+            ITEM_OK => decode(bytes).map_err(|e| TaskError::Decode(format!("result: {e}"))),
             ITEM_PANICKED => {
                 let (message, location) = rmp_serde::from_slice(bytes)
                     .map_err(|e| format!("undecodable panic report: {e}"))?;
@@ -124,17 +144,27 @@ pub(crate) struct EncodedItems {
 
 impl EncodedItems {
     /// Appends `item`; on failure nothing is appended.
+    ///
+    /// Not guarded against a panicking `Serialize` (a guard per item would keep the encoding of
+    /// small values from being inlined): after such a panic, call
+    /// [`drop_partial`](EncodedItems::drop_partial).
     pub(crate) fn push(&mut self, item: &impl Serialize) -> Result<(), String> {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(&[0; 4]);
-        if let Err(msg) = codec::encode(&mut self.bytes, item) {
+        if let Err(e) = rmp_serde::encode::write(&mut self.bytes, item) {
             self.bytes.truncate(start);
-            return Err(msg);
+            return Err(e.to_string());
         }
         let len = (self.bytes.len() - start - 4) as u32;
         self.bytes[start..start + 4].copy_from_slice(&len.to_le_bytes());
         self.segments.push(start..self.bytes.len());
         Ok(())
+    }
+
+    /// Drops what a `push` that panicked left behind.
+    pub(crate) fn drop_partial(&mut self) {
+        let end = self.segments.last().map_or(0, |range| range.end);
+        self.bytes.truncate(end);
     }
 
     /// The payload of a chunk holding these items.

@@ -6,36 +6,36 @@ use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 
 thread_local! {
-    /// Whether this thread is inside [`catch`], where the hook records locations.
-    static CATCHING: Cell<bool> = const { Cell::new(false) };
-    /// Where the last panic inside [`catch`] happened, once the hook is installed.
+    /// Whether this thread runs tasks, where the hook records the locations of panics instead
+    /// of printing them (set once, so that [`catch`] costs nothing when nothing panics).
+    static RUNS_TASKS: Cell<bool> = const { Cell::new(false) };
+    /// Where the last panic on a task thread happened, once the hook is installed.
     static LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 /// A panic caught by [`catch`].
 pub(crate) struct Panic {
     pub(crate) message: String,
-    /// `file:line:column`, when [`record_locations`] was called in this process.
+    /// `file:line:column`, on the thread that [`record_locations`] was called on.
     pub(crate) location: Option<String>,
 }
 
 /// Runs `call`, turning a panic into a [`Panic`].
 pub(crate) fn catch<R>(call: impl FnOnce() -> R) -> Result<R, Panic> {
-    let outer = CATCHING.with(|flag| flag.replace(true));
-    let result = panic::catch_unwind(AssertUnwindSafe(call));
-    CATCHING.with(|flag| flag.set(outer));
-    result.map_err(|payload| Panic {
+    panic::catch_unwind(AssertUnwindSafe(call)).map_err(|payload| Panic {
         message: panic_message(&*payload),
         location: LOCATION.with(|slot| slot.borrow_mut().take()),
     })
 }
 
-/// Installs a panic hook that records, instead of printing, where panics inside [`catch`]
-/// happen (the worker reports them to its parent); other panics keep the usual report.
+/// Makes the current thread the one that runs tasks, and installs a panic hook that records,
+/// instead of printing, where panics on it happen (the worker reports them to its parent);
+/// panics on other threads keep the usual report.
 pub(crate) fn record_locations() {
+    RUNS_TASKS.with(|flag| flag.set(true));
     let previous = panic::take_hook();
     panic::set_hook(Box::new(move |info| {
-        if CATCHING.with(Cell::get) {
+        if RUNS_TASKS.with(Cell::get) {
             let location = info.location().map(|l| l.to_string());
             LOCATION.with(|slot| *slot.borrow_mut() = location);
         } else {

@@ -440,13 +440,17 @@ mod release_tests {
     use crate::task::shared::decode_value;
 
     #[test]
-    fn the_result_is_handed_out_only_once_the_end_was_reported() {
+    fn the_result_is_handed_out_only_once_the_end_callback_ran() {
+        let options = TaskOptions {
+            on_done: Some(Arc::new(|_: &TaskInfo| {})),
+            ..TaskOptions::default()
+        };
         let shared = Arc::new(Shared::new(
             2,
             "fib",
             None,
             decode_value::<u64>,
-            TaskOptions::default(),
+            options,
             None,
         ));
         let mut task = ProcessTask::new(shared.clone(), None);
@@ -461,6 +465,24 @@ mod release_tests {
         assert!(task.is_finished());
         assert_eq!(task.try_take().unwrap().unwrap(), 8);
         assert!(task.is_finished() && task.try_take().is_none());
+    }
+
+    #[test]
+    fn without_an_end_callback_the_result_is_handed_out_at_once() {
+        let shared = Arc::new(Shared::new(
+            4,
+            "fib",
+            None,
+            decode_value::<u64>,
+            TaskOptions::default(),
+            None,
+        ));
+        let mut task = ProcessTask::new(shared.clone(), None);
+        assert!(shared.start(1));
+        shared.finish_with_reply(Ok(&rmp_serde::to_vec(&8u64).unwrap()), Instant::now());
+        assert_eq!(task.try_take().unwrap().unwrap(), 8);
+        report_end(&*shared); // records the end; nothing more to release
+        assert!(task.is_finished());
     }
 
     #[test]

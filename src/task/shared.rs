@@ -285,7 +285,7 @@ impl<T> Shared<T> {
     /// Finishes the task once, with its end time `at`; later calls are ignored. Returns
     /// whether this call finished it.
     pub(crate) fn finish(&self, outcome: Result<T, TaskError>, at: Instant) -> bool {
-        {
+        let waker = {
             let mut state = self.lock();
             if state.meta.status.is_finished() {
                 return false;
@@ -310,8 +310,24 @@ impl<T> Shared<T> {
                 tally.count(state.meta.status);
             }
             state.outcome = Some(outcome);
-        }
+            // With no end callback to wait for, the result is handed out at once (the report
+            // then only records the end): the awaiter runs beside the rest of the driver's
+            // work instead of after it.
+            let callback = match state.meta.status {
+                TaskStatus::Done => &self.options.on_done,
+                _ => &self.options.on_error,
+            };
+            if callback.is_none() {
+                state.released = true;
+                state.waker.take()
+            } else {
+                None
+            }
+        };
         self.changed.notify(usize::MAX);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
         true
     }
 }
@@ -385,7 +401,9 @@ impl<T: Send> AnyTask for Shared<T> {
     fn release(&self) {
         let waker = {
             let mut state = self.lock();
-            state.released = true;
+            if std::mem::replace(&mut state.released, true) {
+                return; // released when it finished: there was no callback to wait for
+            }
             state.waker.take()
         };
         self.changed.notify(usize::MAX);
