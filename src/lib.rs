@@ -26,11 +26,13 @@
 //! # What is here
 //!
 //! - [`ProcessPool`] ([`PoolBuilder`]): `spawn`, `spawn_async`, per-task options with
-//!   [`task`](ProcessPool::task) ([`TaskBuilder`]: timeout, cancel timeout, callbacks), `map`,
+//!   [`task`](ProcessPool::task) ([`TaskBuilder`]: timeout, cancel timeout, callbacks, for
+//!   `spawn`, `spawn_async` and `map`), `map`,
 //!   `map_unordered`, `map_blocking`, `shutdown`, `shutdown_now` (and their `_blocking`
 //!   twins), `stats`, `tasks`.
 //! - [`ProcessTask`]: the future and its metadata ([`TaskStatus`], [`TaskInfo`]), `cancel`,
-//!   `cancel_and_wait`, `detach`, and for synchronous code `wait`, `try_wait`,
+//!   `cancel_and_wait`, `detach`, `is_finished`, what it was started with (`timeout`,
+//!   `cancel_timeout`, `args`), and for synchronous code `wait`, `try_take`,
 //!   `cancel_and_wait_blocking`. Dropping a task cancels it.
 //! - [`to_process`], [`default_pool`], [`set_default_pool`], [`with_pool`] (a scoped default)
 //!   and [`process_fn`]: the process-wide default pool, like Python's `asyncio.to_process`.
@@ -59,6 +61,14 @@
 //!   copied to its stderr) so that an allocation failure can be told apart from other aborts.
 //! - [`Isolated`] starts its driver thread on its first call.
 //! - async-process starts its own reaper thread, named `async-process`, on first use.
+//! - The driver never runs user code unguarded: results are decoded, and callbacks run, under
+//!   `catch_unwind`, so a panicking `Deserialize` or callback fails (or is logged for) one task.
+//!   A task's result is handed out once its `on_done` / `on_error` callback has returned.
+//! - The source is cut into layers that import only the layers above them: `error`, `sys`
+//!   (OS primitives), `protocol` (what crosses the pipes), `func` (task functions and their
+//!   trampolines), `child` (the worker process), `launch` (how a worker starts and is
+//!   killed), `supervise` (one worker seen from the parent), `task`, `pool`, and what is built
+//!   on the pool (`map`, `executor`, `default`, `scope`); docs/architecture.md has the table.
 //!
 //! # Features
 //!
@@ -68,6 +78,14 @@
 //! # Caveats
 //!
 //! - [`init`] must be the first call in `main`: everything before it also runs in every worker.
+//! - Integration tests that spawn workers need a `main` that calls [`init`] first: use
+//!   `harness = false` (for example with `libtest-mimic`); plain `#[test]` functions under
+//!   the default harness cannot host workers yet.
+//! - `#[tokio::main]` builds its runtime before the body's first line, so every worker would
+//!   build one before [`init`] serves: write a plain `main` that calls [`init`], then starts
+//!   the runtime.
+//! - offload must be linked into the executable (as Rust does by default), not built as a
+//!   `dylib`: a worker finds a function by its offset in the executable's code.
 //! - `--worker`, as the only argument, is reserved for offload.
 //! - Unix only for now.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]

@@ -55,7 +55,7 @@ impl PoolBuilder {
     /// cannot take the machine's memory.
     ///
     /// A task whose allocation fails under the cap aborts its worker; it fails with
-    /// [`TaskError::MemoryLimit`] (told apart from other aborts by the report Rust's
+    /// [`TaskError::MemoryLimit`](crate::TaskError::MemoryLimit) (told apart from other aborts by the report Rust's
     /// allocation failure handler writes to stderr, which the pool then reads and passes on
     /// to its own stderr), and the pool replaces the worker. Address space is more than
     /// resident memory: leave room for the program's code, libraries and thread stacks.

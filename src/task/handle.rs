@@ -131,12 +131,12 @@ impl<T> ProcessTask<T> {
 
     /// The run-time limit the task was spawned with, if any.
     pub fn timeout(&self) -> Option<Duration> {
-        self.shared.started().timeout
+        self.shared.options().timeout
     }
 
     /// The grace between `SIGTERM` and `SIGKILL` the task was spawned with.
     pub fn cancel_timeout(&self) -> Duration {
-        self.shared.started().cancel_timeout
+        self.shared.options().cancel_timeout
     }
 
     /// The arguments the task was spawned with, printed from their encoding; see

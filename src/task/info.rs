@@ -4,12 +4,13 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::args::EncodedArgs;
+use super::options::TaskOptions;
 use super::status::TaskStatus;
 use crate::error::TaskError;
 
 /// A snapshot of everything known about a task, taken at one moment.
 ///
-/// [`ProcessTask::info`] returns one; it has the same accessors as [`ProcessTask`] plus
+/// [`ProcessTask::info`](crate::ProcessTask::info) returns one; it has the same accessors as [`ProcessTask`](crate::ProcessTask) plus
 /// [`id`](TaskInfo::id) and [`error`](TaskInfo::error), and stays valid after the task is gone.
 ///
 /// # Examples
@@ -77,19 +78,17 @@ pub(crate) struct Started {
     pub(crate) id: u64,
     pub(crate) func_name: &'static str,
     pub(crate) submitted_at: Instant,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) cancel_timeout: Duration,
     pub(crate) args: Option<EncodedArgs>,
 }
 
 impl TaskInfo {
-    pub(crate) fn new(started: &Started, meta: Meta) -> Self {
+    pub(crate) fn new(started: &Started, options: &TaskOptions, meta: Meta) -> Self {
         TaskInfo {
             id: started.id,
             func_name: started.func_name,
             submitted_at: started.submitted_at,
-            timeout: started.timeout,
-            cancel_timeout: started.cancel_timeout,
+            timeout: options.timeout,
+            cancel_timeout: options.cancel_timeout,
             args: started.args.clone(),
             meta,
         }

@@ -141,7 +141,7 @@ impl Tally {
 
 /// The state shared by a [`ProcessTask`](crate::ProcessTask) and the driver.
 pub(crate) struct Shared<T> {
-    /// What the task was started with; never changes.
+    /// What the task was started with (with `options`); never changes.
     started: Started,
     /// How the worker's reply becomes the task's value.
     decode: Decoder<T>,
@@ -188,8 +188,6 @@ impl<T> Shared<T> {
                 id,
                 func_name,
                 submitted_at: Instant::now(),
-                timeout: options.timeout,
-                cancel_timeout: options.cancel_timeout,
                 args,
             },
             decode,
@@ -227,13 +225,13 @@ impl<T> Shared<T> {
         self.started.submitted_at
     }
 
-    pub(crate) fn started(&self) -> &Started {
-        &self.started
+    pub(crate) fn options(&self) -> &TaskOptions {
+        &self.options
     }
 
     /// A snapshot of the metadata.
     pub(crate) fn snapshot(&self) -> TaskInfo {
-        TaskInfo::new(&self.started, self.lock().meta.clone())
+        TaskInfo::new(&self.started, &self.options, self.lock().meta.clone())
     }
 
     /// Reads the metadata under the lock.
