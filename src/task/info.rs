@@ -43,9 +43,13 @@ pub struct TaskInfo {
 #[derive(Clone)]
 pub(crate) struct Meta {
     pub(crate) status: TaskStatus,
+    /// The worker's pid on its host, from the moment the task is sent to it.
     pub(crate) pid: Option<u32>,
+    /// When the task was sent to a worker.
     pub(crate) started_at: Option<Instant>,
+    /// When the task finished (for a reply: when it arrived).
     pub(crate) ended_at: Option<Instant>,
+    /// Why it failed, once it has.
     pub(crate) error: Option<TaskError>,
 }
 
@@ -75,6 +79,7 @@ impl Meta {
 /// What a task was started with, which its metadata gives back.
 #[derive(Clone)]
 pub(crate) struct Started {
+    /// Unique within this process.
     pub(crate) id: u64,
     pub(crate) func_name: &'static str,
     pub(crate) submitted_at: Instant,

@@ -18,8 +18,11 @@ pub(crate) struct TaskOptions {
     pub(crate) timeout: Option<Duration>,
     /// The grace between `SIGTERM` and `SIGKILL` when its worker is stopped.
     pub(crate) cancel_timeout: Duration,
+    /// Runs when the task is sent to a worker.
     pub(crate) on_start: Option<Callback>,
+    /// Runs when the task returned its value, before the value is handed out.
     pub(crate) on_done: Option<Callback>,
+    /// Runs when the task failed or was cancelled, before the error is handed out.
     pub(crate) on_error: Option<Callback>,
 }
 
