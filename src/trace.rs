@@ -19,7 +19,13 @@ impl TaskSpan {
     pub(crate) fn spawned(id: u64, func: &'static str) -> TaskSpan {
         #[cfg(feature = "tracing")]
         {
-            let span = tracing::info_span!("offload_task", id, func, pid = tracing::field::Empty);
+            let span = tracing::info_span!(
+                "offload_task",
+                id,
+                func,
+                pid = tracing::field::Empty,
+                host = tracing::field::Empty
+            );
             span.in_scope(|| tracing::debug!("task spawned"));
             TaskSpan { span }
         }
@@ -30,15 +36,19 @@ impl TaskSpan {
         }
     }
 
-    /// The task was sent to worker `pid`.
-    pub(crate) fn started(&self, pid: u32) {
+    /// The task was sent to worker `pid` on `host` (`None`: this machine).
+    pub(crate) fn started(&self, pid: u32, host: Option<&str>) {
         #[cfg(feature = "tracing")]
         {
             self.span.record("pid", pid);
-            self.span.in_scope(|| tracing::debug!(pid, "task started"));
+            if let Some(host) = host {
+                self.span.record("host", host);
+            }
+            self.span
+                .in_scope(|| tracing::debug!(pid, host, "task started"));
         }
         #[cfg(not(feature = "tracing"))]
-        let _ = pid;
+        let _ = (pid, host);
     }
 
     /// The task ended with `status`, after running for `duration`, or failed with `error`.

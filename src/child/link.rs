@@ -18,8 +18,8 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// The worker's link to its parent.
 pub(super) struct ParentLink {
-    input: BufReader<File>,
-    output: File,
+    pub(super) input: BufReader<File>,
+    pub(super) output: File,
     /// The body of the last frame read.
     frame: Vec<u8>,
     /// Where the payload starts in `frame`, after the header.
@@ -97,8 +97,13 @@ impl ParentLink {
 
     /// Writes a complete frame.
     pub(super) fn write(&mut self, frame: &[u8]) -> Result<(), String> {
-        self.output
-            .write_all(frame)
-            .map_err(|e| format!("could not write to the parent: {e}"))
+        write_to(&mut self.output, frame)
     }
+}
+
+/// Writes a complete frame to the parent.
+pub(super) fn write_to(output: &mut File, frame: &[u8]) -> Result<(), String> {
+    output
+        .write_all(frame)
+        .map_err(|e| format!("could not write to the parent: {e}"))
 }

@@ -1,28 +1,188 @@
-//! How a worker process is started, which identity it must show, and how it is killed.
-//!
-//! Today there is one way, a local exec of this same executable; the next launchers (ssh,
-//! srun, a command prefix) start the same worker elsewhere with its stdin and stdout
-//! forwarded, and answer the same three questions here.
+//! How a worker process is started, which identity it must show, and how it is killed: a
+//! local exec of this same executable, or a command that starts it elsewhere with its stdin
+//! and stdout forwarded.
 
+use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use async_process::{Child, ChildStderr, ChildStdin, ChildStdout};
 
-use crate::protocol::build::build_id;
+use crate::protocol::build::{build_id, content_id};
 use crate::protocol::WORKER_FLAG;
 use crate::sys::exe::current_program;
 use crate::sys::signal::{Pidfd, Signal};
 use crate::sys::wait::within;
 
-/// Where and how a pool's workers are started.
+/// Where and how a pool's worker processes are started: on this machine (the default), or
+/// through any command that starts this same program elsewhere with its stdin and stdout
+/// forwarded (`ssh host`, `docker exec -i box`, a wrapper such as `nice` or `sudo -u`).
+///
+/// A worker started through a command is a *remote* worker, whatever machine it runs on: it
+/// proves its build by the executable's content (the ELF build-id, or a hash of the file), it
+/// reports its own pid and host ([`ProcessTask::host`](crate::ProcessTask::host)), and it is
+/// stopped by a message to its control thread, which applies `SIGTERM` → cancel timeout →
+/// `SIGKILL` to its own process group; if it has not exited by then, the launcher process is
+/// killed. It exits, with everything it started, as soon as its input closes.
+///
+/// # Examples
+///
+/// ```no_run
+/// # offload::init();
+/// use offload::{Launcher, ProcessPool};
+///
+/// // Workers at a lower priority, started through `nice`:
+/// let pool = ProcessPool::builder()
+///     .workers(2)
+///     .launcher(Launcher::command("nice").args(["-n", "10"]))
+///     .build()?;
+/// # Ok::<(), offload::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
-pub(crate) enum Launcher {
+pub struct Launcher {
+    kind: Kind,
+    /// The launcher's own arguments, before the worker's command line.
+    args: Vec<OsString>,
+    /// The worker executable on the other side.
+    remote_program: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Kind {
     /// `current_program() --worker` on this machine.
     #[default]
     Local,
+    /// `program args.. remote_program --worker`.
+    Command(OsString),
+}
+
+impl Launcher {
+    /// Workers on this machine, started from this very executable (`/proc/self/exe
+    /// --worker`): the default.
+    pub fn local() -> Launcher {
+        Launcher::default()
+    }
+
+    /// Workers started as `program [args..] <remote program> --worker`, where the remote
+    /// program is this executable's path unless [`remote_program`](Launcher::remote_program)
+    /// names another. The command must forward its stdin and stdout to the worker's, unchanged
+    /// (for `docker` and `kubectl`, that is `exec -i`; for `srun`, `--unbuffered`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use offload::Launcher;
+    ///
+    /// let launcher = Launcher::command("docker")
+    ///     .args(["exec", "-i", "box"])
+    ///     .remote_program("/opt/app/bin/app");
+    /// assert!(!launcher.is_local());
+    /// ```
+    pub fn command(program: impl Into<OsString>) -> Launcher {
+        Launcher {
+            kind: Kind::Command(program.into()),
+            ..Launcher::default()
+        }
+    }
+
+    /// Adds one argument of the launcher's own, before the worker's command line.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Launcher {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds arguments of the launcher's own, before the worker's command line.
+    pub fn args<I>(mut self, args: I) -> Launcher
+    where
+        I: IntoIterator,
+        I::Item: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Where the worker executable is on the other side. The file there must have the same
+    /// content as this program (the same build): any other is refused in the handshake.
+    ///
+    /// The default value of this option is the path of this executable
+    /// (`std::env::current_exe`), which fits a launcher that runs on this machine or one that
+    /// sees the same file system. It means nothing to [`Launcher::local`].
+    pub fn remote_program(mut self, path: impl Into<PathBuf>) -> Launcher {
+        self.remote_program = Some(path.into());
+        self
+    }
+
+    /// Whether workers run as local children of this process (and are signalled directly).
+    pub fn is_local(&self) -> bool {
+        matches!(self.kind, Kind::Local)
+    }
+
+    /// Starts one worker process with piped stdin and stdout (and stderr if `pipe_stderr`),
+    /// in its own process group so that a terminal's Ctrl-C reaches only the parent, which
+    /// decides what workers do.
+    pub(crate) fn start(&self, pipe_stderr: bool) -> io::Result<Launched> {
+        let mut command = match &self.kind {
+            Kind::Local => std::process::Command::new(current_program()),
+            Kind::Command(program) => {
+                let mut command = std::process::Command::new(program);
+                command.args(&self.args);
+                match &self.remote_program {
+                    Some(path) => command.arg(path),
+                    None => command.arg(std::env::current_exe()?),
+                };
+                command
+            }
+        };
+        command.arg(WORKER_FLAG).process_group(0);
+        let mut command = async_process::Command::from(command);
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(match pipe_stderr {
+                true => Stdio::piped(),
+                false => Stdio::inherit(),
+            })
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| self.explain(e))?;
+        let pidfd = Pidfd::open(child.id());
+        let missing = || io::Error::other("worker pipes were not created");
+        let input = child.stdin.take().ok_or_else(missing)?;
+        let output = child.stdout.take().ok_or_else(missing)?;
+        widen_pipe(&input);
+        widen_pipe(&output);
+        let stderr = child.stderr.take();
+        Ok(Launched {
+            process: Process { child, pidfd },
+            input,
+            output,
+            stderr,
+        })
+    }
+
+    /// An error of the launch, with the launcher named.
+    fn explain(&self, err: io::Error) -> io::Error {
+        match &self.kind {
+            Kind::Local => err,
+            Kind::Command(program) => io::Error::new(
+                err.kind(),
+                format!(
+                    "could not run the launcher {}: {err}",
+                    program.to_string_lossy()
+                ),
+            ),
+        }
+    }
+
+    /// The build identity a worker started by this launcher must answer the handshake with.
+    pub(crate) fn expected_build(&self) -> u64 {
+        match self.kind {
+            Kind::Local => build_id(),
+            Kind::Command(_) => content_id(),
+        }
+    }
 }
 
 /// A worker process just started, before the handshake.
@@ -34,50 +194,6 @@ pub(crate) struct Launched {
     pub(crate) output: ChildStdout,
     /// Its stderr, when asked for with `pipe_stderr`.
     pub(crate) stderr: Option<ChildStderr>,
-}
-
-impl Launcher {
-    /// Starts one worker process with piped stdin and stdout (and stderr if `pipe_stderr`),
-    /// in its own process group so that a terminal's Ctrl-C reaches only the parent, which
-    /// decides what workers do.
-    pub(crate) fn start(&self, pipe_stderr: bool) -> io::Result<Launched> {
-        match self {
-            Launcher::Local => {
-                let mut command = std::process::Command::new(current_program());
-                command.arg(WORKER_FLAG).process_group(0);
-                let mut command = async_process::Command::from(command);
-                command
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(match pipe_stderr {
-                        true => Stdio::piped(),
-                        false => Stdio::inherit(),
-                    })
-                    .kill_on_drop(true);
-                let mut child = command.spawn()?;
-                let pidfd = Pidfd::open(child.id());
-                let missing = || io::Error::other("worker pipes were not created");
-                let input = child.stdin.take().ok_or_else(missing)?;
-                let output = child.stdout.take().ok_or_else(missing)?;
-                widen_pipe(&input);
-                widen_pipe(&output);
-                let stderr = child.stderr.take();
-                Ok(Launched {
-                    process: Process { child, pidfd },
-                    input,
-                    output,
-                    stderr,
-                })
-            }
-        }
-    }
-
-    /// The build identity a worker started by this launcher must answer the handshake with.
-    pub(crate) fn expected_build(&self) -> u64 {
-        match self {
-            Launcher::Local => build_id(),
-        }
-    }
 }
 
 /// A started worker process, as far as signals and exit go.

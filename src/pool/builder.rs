@@ -20,6 +20,7 @@ pub struct PoolBuilder {
     workers: Option<usize>,
     max_tasks_per_worker: Option<usize>,
     memory_limit: Option<u64>,
+    launcher: Launcher,
     /// Start workers only for waiting tasks (what `Isolated` needs).
     on_demand: bool,
 }
@@ -72,6 +73,27 @@ impl PoolBuilder {
         self
     }
 
+    /// How worker processes are started: on this machine, or through a command that starts
+    /// this program elsewhere (see [`Launcher`]).
+    ///
+    /// The default value of this option is [`Launcher::local`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// use offload::{Launcher, ProcessPool};
+    ///
+    /// let pool = ProcessPool::builder()
+    ///     .launcher(Launcher::command("ssh").args(["-T", "node1"]).remote_program("/opt/app"))
+    ///     .build()?;
+    /// # Ok::<(), offload::Error>(())
+    /// ```
+    pub fn launcher(&mut self, launcher: Launcher) -> &mut PoolBuilder {
+        self.launcher = launcher;
+        self
+    }
+
     /// Starts workers only when tasks wait for them.
     pub(crate) fn on_demand(&mut self) -> &mut PoolBuilder {
         self.on_demand = true;
@@ -111,7 +133,7 @@ impl PoolBuilder {
             max_tasks_per_worker: self.max_tasks_per_worker,
             on_demand: self.on_demand,
             memory_limit: self.memory_limit,
-            launcher: Launcher::Local,
+            launcher: self.launcher.clone(),
         })?;
         Ok(ProcessPool {
             inner: Arc::new(Inner {

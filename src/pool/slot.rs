@@ -171,7 +171,7 @@ async fn serve(
                         }
                     },
                 };
-                if !job.task.start(worker.pid()) {
+                if !job.task.start(worker.pid(), worker.host()) {
                     continue; // ended while queued
                 }
                 (job, false)
@@ -250,7 +250,7 @@ async fn run_job<'a>(
     if let Step::Reply(Ok(_)) = step {
         // The worker is idle: give it the next job before handing this result out, if its
         // frame fits in the pipe at once (a larger one would delay this result).
-        next = queue.and_then(next_started(worker.pid())).map(|job| {
+        next = queue.and_then(next_started(&worker)).map(|job| {
             let write_now = job.frame.len() <= EARLY_WRITE;
             (job, write_now)
         });
@@ -303,7 +303,9 @@ async fn run_job<'a>(
                 driver.state.report_end(&*task);
             }
             let grace = task.options().cancel_timeout;
-            worker.begin_stop(grace, "its task was cancelled or timed out");
+            worker
+                .begin_stop(grace, "its task was cancelled or timed out")
+                .await;
             // Most workers are gone a fraction of a millisecond after SIGTERM: reaped here,
             // the task settles before the replacement's start-up competes for the CPUs. One
             // that takes longer is stopped in the background, and the replacement starts now.
@@ -329,10 +331,10 @@ const EARLY_WRITE: usize = 64 * 1024;
 
 /// Takes the next job from a queue that has one ready and starts it on worker `pid`,
 /// skipping jobs that ended while queued.
-fn next_started(pid: u32) -> impl FnOnce(&Receiver<Job>) -> Option<Job> {
+fn next_started(worker: &WorkerLink) -> impl FnOnce(&Receiver<Job>) -> Option<Job> + '_ {
     move |queue| loop {
         let job = queue.try_recv().ok()?;
-        if job.task.start(pid) {
+        if job.task.start(worker.pid(), worker.host()) {
             return Some(job);
         }
     }

@@ -1,9 +1,10 @@
 //! Entries: how a function is named on the wire.
 //!
 //! An entry is the offset of a [`Trampoline`] from a fixed anchor function of this crate. Two
-//! processes that run the same executable file, with this crate linked into it, have the same
-//! offset between any two of its functions, so the parent's entry names the same trampoline in
-//! the worker (the approach of the mitosis crate). The build handshake proves "same file".
+//! processes that run the same executable file (or copies of the same content), with this
+//! crate linked into it, have the same offset between any two of its functions, so the
+//! parent's entry names the same trampoline in the worker (the approach of the mitosis crate).
+//! The build handshake proves "same file" (or "same content", for a remote worker).
 
 use super::CodecFailure;
 
@@ -32,7 +33,7 @@ pub(crate) fn entry_for(trampoline: Trampoline) -> u64 {
 /// # Safety
 ///
 /// `entry` must be the value [`entry_for`] returned, in a process running the same executable
-/// file as this one, for one of the trampolines of `func` (the task, async task and `map`
+/// file as this one (or a copy of its content), for one of the trampolines of `func` (the task, async task and `map`
 /// chunk trampolines, each a `Trampoline` monomorphised for a task function type). The
 /// worker ensures the first part by refusing a parent whose build identity differs; the
 /// second holds because the parent only ever sends entries it made with `entry_for`.
@@ -44,8 +45,9 @@ pub(crate) fn entry_for(trampoline: Trampoline) -> u64 {
 pub(crate) unsafe fn resolve(entry: u64) -> Trampoline {
     let address = anchor_address().wrapping_add(entry as usize);
     // SAFETY: by the caller's contract, `entry` is the offset of a `Trampoline` from `anchor`
-    // in a process running this very executable file, and both functions live in the one
-    // mapping of the file's code, which the loader maps as a block: the offset between them is
+    // in a process running this very executable file (or its content), and both functions
+    // live in the one mapping of the file's code, which the loader maps as a block: the
+    // offset between them is
     // the same in every process running the file, so `address` is that trampoline's address
     // here. A function pointer and a data pointer have the same size and representation on
     // every platform this crate supports (Unix, `compile_error!` elsewhere).

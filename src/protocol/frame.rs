@@ -209,9 +209,16 @@ mod tests {
                 build: 1,
                 parent: 2,
                 memory_limit: Some(3),
+                remote: true,
+                target: "linux/x86_64".into(),
             }),
+            frame(&ToWorker::Stop { grace_ms: 5 }),
             frame(&ToWorker::Shutdown),
-            frame(&FromWorker::Hello { pid: 1, build: 2 }),
+            frame(&FromWorker::Hello {
+                pid: 1,
+                build: 2,
+                host: "node1".into(),
+            }),
             frame(&FromWorker::Refused {
                 reason: "no".into(),
             }),
@@ -250,7 +257,7 @@ mod tests {
 
         #[test]
         fn mutated_frames_are_errors_not_panics(
-            which in 0usize..8,
+            which in 0usize..9,
             cut in any::<prop::sample::Index>(),
             flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
         ) {

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_channel::Receiver;
@@ -15,6 +16,7 @@ use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::error::TaskError;
 use crate::launch::{Launched, Launcher, Process};
+use crate::protocol::build::target;
 use crate::protocol::{frame, CodecFailure, FromWorker, ToWorker};
 use crate::sys::wait::within;
 use crate::trace;
@@ -51,17 +53,27 @@ pub(crate) enum Lost {
     Broken(String),
 }
 
+/// How much longer than its grace a remote worker may take to confirm its exit (its launcher
+/// exiting) before the launcher process is killed.
+const REMOTE_STOP_MARGIN: Duration = Duration::from_secs(1);
+
 /// A worker process that was started and has not answered the handshake yet.
 pub(crate) struct Starting {
     launched: Launched,
     expected_build: u64,
     memory_limit: Option<u64>,
+    remote: bool,
 }
 
 /// The parent's link to one worker process that passed the handshake.
 pub(crate) struct WorkerLink {
     /// The worker's pid on its host, as its hello confirmed.
     pid: u32,
+    /// The host it runs on, as its hello said; `None` for a local worker.
+    host: Option<Arc<str>>,
+    /// Started by a launcher other than a local exec: `process` is the launcher, and the
+    /// worker is stopped by a message to its control thread.
+    remote: bool,
     process: Process,
     input: ChildStdin,
     output: BufReader<ChildStdout>,
@@ -83,6 +95,7 @@ impl WorkerLink {
             launched: launcher.start(memory_limit.is_some())?,
             expected_build: launcher.expected_build(),
             memory_limit,
+            remote: !launcher.is_local(),
         })
     }
 }
@@ -98,6 +111,8 @@ impl Starting {
         } = self.launched;
         let mut worker = WorkerLink {
             pid: process.pid(),
+            host: None,
+            remote: self.remote,
             process,
             input,
             output: BufReader::with_capacity(READ_BUFFER, output),
@@ -129,26 +144,32 @@ impl WorkerLink {
             build: expected_build,
             parent: std::process::id(),
             memory_limit: self.memory_limit,
+            remote: self.remote,
+            target: target(),
         });
         let pid = self.pid;
         let sent = self.input.write_all(&hello).await;
         if !frame::read_frame_async(&mut self.output, &mut self.buf).await? {
             let status = self.process.reap().await?;
             return Err(io::Error::other(format!(
-                "worker {pid} exited during start-up ({status}); {INIT_HINT}"
+                "worker {pid} exited during start-up ({status}); {}",
+                self.hint()
             )));
         }
         sent?;
         match frame::split::<FromWorker>(&self.buf) {
-            Ok((FromWorker::Hello { pid: got, build }, _)) if got == pid => {
-                match build == expected_build {
-                    true => Ok(()),
-                    false => Err(io::Error::other(format!(
-                        "worker {pid} runs a different build of the program \
-                         ({build:016x}, this is {expected_build:016x})"
-                    ))),
-                }
+            Ok((FromWorker::Hello { build, .. }, _)) if build != expected_build => {
+                Err(io::Error::other(format!(
+                    "worker {pid} runs a different build of the program \
+                     ({build:016x}, this is {expected_build:016x})"
+                )))
             }
+            Ok((FromWorker::Hello { pid: got, host, .. }, _)) if self.remote => {
+                self.pid = got;
+                self.host = Some(host.into());
+                Ok(())
+            }
+            Ok((FromWorker::Hello { pid: got, .. }, _)) if got == pid => Ok(()),
             Ok((FromWorker::Hello { pid: got, .. }, _)) => Err(io::Error::other(format!(
                 "worker {pid} answered the handshake as process {got}: \
                  something between the parent and the worker is not the worker it started"
@@ -158,9 +179,22 @@ impl WorkerLink {
             ))),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("worker {pid} did not answer the handshake; {INIT_HINT}"),
+                format!("worker {pid} did not answer the handshake; {}", self.hint()),
             )),
         }
+    }
+
+    /// The usual cause of a worker that does not answer.
+    fn hint(&self) -> &'static str {
+        match self.remote {
+            false => INIT_HINT,
+            true => "did the launcher start this program's build on the other side, and does its `main` call offload::init() first?",
+        }
+    }
+
+    /// The host the worker runs on; `None` for a local worker.
+    pub(crate) fn host(&self) -> Option<&Arc<str>> {
+        self.host.as_ref()
     }
 
     /// The worker's pid on its host.
@@ -268,17 +302,27 @@ impl WorkerLink {
     }
 
     /// Stops the worker (`SIGTERM`, `grace`, `SIGKILL`) and reaps it.
-    pub(crate) async fn stop(self, grace: Duration, reason: &str) {
-        self.begin_stop(grace, reason);
+    pub(crate) async fn stop(mut self, grace: Duration, reason: &str) {
+        self.begin_stop(grace, reason).await;
         self.finish_stop(grace).await;
     }
 
-    /// Sends the first signal of a stop at once (`SIGTERM`, or `SIGKILL` for a zero grace),
-    /// so that the CPU is freed before anything else happens; see
+    /// Starts a stop at once, so that the CPU is freed before anything else happens: a local
+    /// worker gets `SIGTERM` (or `SIGKILL` for a zero grace) through its pidfd; a remote one
+    /// gets a `Stop` message, on which its control thread signals its whole process group. See
     /// [`finish_stop`](WorkerLink::finish_stop).
-    pub(crate) fn begin_stop(&self, grace: Duration, reason: &str) {
+    pub(crate) async fn begin_stop(&mut self, grace: Duration, reason: &str) {
         trace::worker_stopped(self.pid, reason);
-        self.process.signal_stop(grace);
+        if !self.remote {
+            self.process.signal_stop(grace);
+            return;
+        }
+        let stop = frame::frame(&ToWorker::Stop {
+            grace_ms: grace.as_millis().try_into().unwrap_or(u64::MAX),
+        });
+        // A worker that does not take the message is killed with its launcher in
+        // `finish_stop`; the small frame fits in the pipe unless the worker is already stuck.
+        let _ = within(REMOTE_STOP_MARGIN, self.input.write_all(&stop)).await;
     }
 
     /// Waits up to `limit` for the worker to exit, and reaps it if it did.
@@ -287,10 +331,16 @@ impl WorkerLink {
     }
 
     /// The rest of a stop begun with [`begin_stop`](WorkerLink::begin_stop): waits up to
-    /// `grace` for the exit, sends `SIGKILL` if it did not come, and reaps.
+    /// `grace` for the exit (for a remote worker, `grace` and a margin for the exit to be
+    /// confirmed by its launcher), sends `SIGKILL` (to the launcher, for a remote worker) if it
+    /// did not come, and reaps.
     pub(crate) async fn finish_stop(mut self, grace: Duration) {
         drop(self.input);
-        if !grace.is_zero() && self.process.exit_within(grace).await.is_some() {
+        let wait = match self.remote {
+            true => grace + REMOTE_STOP_MARGIN,
+            false => grace,
+        };
+        if !wait.is_zero() && self.process.exit_within(wait).await.is_some() {
             return;
         }
         // Not reaped yet (no status was returned), so the signal reaches this process alone.

@@ -103,6 +103,14 @@ impl<T> ProcessTask<T> {
         self.shared.with_meta(|meta| meta.pid)
     }
 
+    /// The host of the worker running the task: `Some` for a worker started by a
+    /// [`Launcher`](crate::Launcher) other than the local one (as the worker reported it),
+    /// `None` for a local worker and while queued.
+    pub fn host(&self) -> Option<String> {
+        self.shared
+            .with_meta(|meta| meta.host.as_deref().map(str::to_owned))
+    }
+
     /// When the task was spawned.
     pub fn submitted_at(&self) -> Instant {
         self.shared.submitted_at()
@@ -394,7 +402,7 @@ mod tests {
     #[test]
     fn debug_after_completion_has_pid_and_four_decimals() {
         let (shared, task) = task();
-        assert!(shared.start(4242));
+        assert!(shared.start(4242, None));
         shared.finish_with_reply(Ok(&rmp_serde::to_vec(&5u64).unwrap()), Instant::now());
         report_end(&*shared);
         let text = format!("{task:?}");
@@ -413,7 +421,7 @@ mod tests {
         assert!(shared.finish_with_error(TaskError::Cancelled));
         shared.finish_with_reply(Ok(&rmp_serde::to_vec(&5u64).unwrap()), Instant::now());
         report_end(&*shared);
-        assert!(!shared.start(1));
+        assert!(!shared.start(1, None));
         assert_eq!(task.status(), "cancelled");
         assert_eq!(task.pid(), None);
         assert!(task.queued().is_some() && task.duration().is_none());
@@ -424,7 +432,7 @@ mod tests {
     #[test]
     fn undecodable_result_fails_with_decode() {
         let (shared, task) = task();
-        assert!(shared.start(7));
+        assert!(shared.start(7, None));
         shared.finish_with_reply(Ok(b"\xc1"), Instant::now());
         report_end(&*shared);
         assert_eq!(task.status(), TaskStatus::Failed);
@@ -454,7 +462,7 @@ mod release_tests {
             None,
         ));
         let mut task = ProcessTask::new(shared.clone(), None);
-        assert!(shared.start(1));
+        assert!(shared.start(1, None));
         shared.finish_with_reply(Ok(&rmp_serde::to_vec(&8u64).unwrap()), Instant::now());
         assert_eq!(task.status(), "done", "the status tells at once");
         assert!(
@@ -478,7 +486,7 @@ mod release_tests {
             None,
         ));
         let mut task = ProcessTask::new(shared.clone(), None);
-        assert!(shared.start(1));
+        assert!(shared.start(1, None));
         shared.finish_with_reply(Ok(&rmp_serde::to_vec(&8u64).unwrap()), Instant::now());
         assert_eq!(task.try_take().unwrap().unwrap(), 8);
         report_end(&*shared); // records the end; nothing more to release
@@ -502,7 +510,7 @@ mod release_tests {
             None,
         ));
         let task = ProcessTask::new(shared.clone(), None);
-        assert!(shared.start(1));
+        assert!(shared.start(1, None));
         shared.finish_with_reply(Ok(&[0xc0]), Instant::now());
         report_end(&*shared);
         match task.wait() {

@@ -1,6 +1,7 @@
 //! [`TaskInfo`]: a snapshot of a task's metadata.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::args::EncodedArgs;
@@ -45,6 +46,8 @@ pub(crate) struct Meta {
     pub(crate) status: TaskStatus,
     /// The worker's pid on its host, from the moment the task is sent to it.
     pub(crate) pid: Option<u32>,
+    /// The worker's host, for a remote worker.
+    pub(crate) host: Option<Arc<str>>,
     /// When the task was sent to a worker.
     pub(crate) started_at: Option<Instant>,
     /// When the task finished (for a reply: when it arrived).
@@ -58,6 +61,7 @@ impl Default for Meta {
         Meta {
             status: TaskStatus::Pending,
             pid: None,
+            host: None,
             started_at: None,
             ended_at: None,
             error: None,
@@ -117,6 +121,13 @@ impl TaskInfo {
     /// The worker's pid, once the task was sent to a worker.
     pub fn pid(&self) -> Option<u32> {
         self.meta.pid
+    }
+
+    /// The host of the worker that took the task, as the worker reported it: `Some` for a
+    /// worker started by a [`Launcher`](crate::Launcher) other than the local one, `None` for
+    /// a local worker (and while queued).
+    pub fn host(&self) -> Option<&str> {
+        self.meta.host.as_deref()
     }
 
     /// When the task was spawned.

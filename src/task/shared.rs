@@ -43,9 +43,10 @@ pub(crate) trait AnyTask: Send + Sync {
     fn info(&self) -> TaskInfo;
     fn status(&self) -> TaskStatus;
     fn options(&self) -> &TaskOptions;
-    /// Marks the task as sent to worker `pid`. Returns `false` if it already finished (it was
-    /// cancelled while queued), in which case it must not be sent.
-    fn start(&self, pid: u32) -> bool;
+    /// Marks the task as sent to worker `pid` on `host` (`None`: this machine). Returns `false`
+    /// if it already finished (it was cancelled while queued), in which case it must not be
+    /// sent.
+    fn start(&self, pid: u32, host: Option<&Arc<str>>) -> bool;
     /// Finishes the task with its worker's reply, received at `at`: the encoded result
     /// (decoded here, guarded), or why there is none.
     fn finish_with_reply(&self, reply: Result<&[u8], TaskError>, at: Instant);
@@ -70,8 +71,9 @@ pub(crate) trait AnyTask: Send + Sync {
 /// Runs `on_start` for a task that just started, once.
 pub(crate) fn report_start(task: &dyn AnyTask) {
     if task.take_start_report() {
-        if let Some(pid) = task.info().pid() {
-            task.span().started(pid);
+        let info = task.info();
+        if let Some(pid) = info.pid() {
+            task.span().started(pid, info.host());
         }
         if let Some(callback) = &task.options().on_start {
             run_callback("on_start", callback, task);
@@ -347,13 +349,14 @@ impl<T: Send> AnyTask for Shared<T> {
         &self.options
     }
 
-    fn start(&self, pid: u32) -> bool {
+    fn start(&self, pid: u32, host: Option<&Arc<str>>) -> bool {
         let mut state = self.lock();
         if state.meta.status != TaskStatus::Pending {
             return false;
         }
         state.meta.status = TaskStatus::Running;
         state.meta.pid = Some(pid);
+        state.meta.host = host.cloned();
         state.meta.started_at = Some(Instant::now());
         true
     }

@@ -1,0 +1,261 @@
+//! Workers started through a command (`Launcher::command`) keep every rule of a local worker:
+//! results and truthful metadata (the worker's own pid and host), cancel and timeout that
+//! stop the worker *and the processes its task started* through its control thread, a crash
+//! that fails one task, a launcher killed from outside that leaves nothing running, and the
+//! build proven by content (a copy of this program serves, a different build is refused).
+//!
+//! Two local stand-ins for remote launchers: `sh -c '"$0" "$@"'`, which keeps a shell between
+//! the parent and the worker, and a Python relay that forwards stdin and stdout through pipes
+//! of its own, as ssh and srun do, so that killing it closes the worker's input.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{alive, children, eventually, temp_dir, wait_for_file, Runtime};
+use offload::{Launcher, ProcessPool, TaskError};
+
+/// A shell between the parent and the worker; the worker is its child, not ours.
+fn shell() -> Launcher {
+    Launcher::command("sh").args(["-c", "\"$0\" \"$@\""])
+}
+
+/// A relay with pipes of its own, as ssh and srun have.
+fn relay() -> Launcher {
+    const RELAY: &str = r#"
+import os, subprocess, sys, threading
+worker = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+def upstream():
+    while True:
+        data = os.read(0, 1 << 16)
+        if not data:
+            break
+        worker.stdin.write(data)
+    worker.stdin.close()
+threading.Thread(target=upstream, daemon=True).start()
+while True:
+    data = os.read(worker.stdout.fileno(), 1 << 16)
+    if not data:
+        break
+    os.write(1, data)
+sys.exit(worker.wait())
+"#;
+    Launcher::command("python3").args(["-c", RELAY])
+}
+
+fn hostname() -> String {
+    String::from_utf8(std::fs::read("/proc/sys/kernel/hostname").unwrap())
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn whoami() -> (u32, u32) {
+    let ppid = std::os::unix::process::parent_id();
+    (std::process::id(), ppid)
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+fn spin() -> u32 {
+    common::spin()
+}
+
+fn abort() -> u32 {
+    std::process::abort()
+}
+
+/// Starts `sleep 1000` (in the worker's process group), writes its pid to `path`, spins. The
+/// sleeper is never waited for: the test checks that stopping the worker takes it along.
+#[allow(clippy::zombie_processes)]
+fn sleeper_then_spin(path: PathBuf) -> u32 {
+    let child = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    std::fs::write(&path, child.id().to_string()).unwrap();
+    common::spin()
+}
+
+fn read_pid(path: &PathBuf) -> u32 {
+    wait_for_file(path.clone());
+    loop {
+        if let Ok(pid) = std::fs::read_to_string(path).unwrap_or_default().parse() {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+async fn results_and_metadata_through_a_shell() {
+    let pool = ProcessPool::builder()
+        .workers(2)
+        .launcher(shell())
+        .build()
+        .unwrap();
+    assert_eq!(pool.spawn(add, (40, 2)).await.unwrap(), 42);
+    let mut task = pool.spawn(whoami, ());
+    let (pid, ppid) = (&mut task).await.unwrap();
+    assert_eq!(task.pid(), Some(pid), "the pid is the worker's own");
+    assert_ne!(ppid, std::process::id(), "a shell stands between");
+    assert!(children().contains(&ppid), "the shell is ours");
+    assert_eq!(task.host().as_deref(), Some(hostname().as_str()));
+    assert_eq!(task.info().host(), Some(hostname().as_str()));
+    let local = ProcessPool::new(1).unwrap();
+    assert_eq!(
+        local.spawn(add, (1, 1)).info().host(),
+        None,
+        "local: no host"
+    );
+    assert_eq!(pool.stats().workers, 2);
+    pool.shutdown().await;
+    eventually("the shells are gone", || !alive(ppid)).await;
+}
+
+async fn cancel_stops_the_worker_and_what_its_task_started() {
+    for launcher in [shell(), relay()] {
+        let pool = ProcessPool::builder()
+            .workers(1)
+            .launcher(launcher)
+            .build()
+            .unwrap();
+        let dir = temp_dir("launcher-cancel");
+        let path = dir.join("sleeper");
+        let task = pool
+            .task(sleeper_then_spin)
+            .cancel_timeout(Duration::from_millis(200))
+            .spawn(path.clone());
+        let sleeper = read_pid(&path);
+        let worker = task.pid().unwrap();
+        assert!(alive(worker) && alive(sleeper));
+        assert!(task.cancel_and_wait().await);
+        eventually("the worker is gone", || !alive(worker)).await;
+        eventually("the task's child is gone", || !alive(sleeper)).await;
+        assert_eq!(
+            pool.spawn(add, (2, 3)).await.unwrap(),
+            5,
+            "a replacement serves"
+        );
+        pool.shutdown().await;
+    }
+}
+
+async fn timeout_and_crash_fail_their_task_and_the_worker_is_replaced() {
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .launcher(relay())
+        .build()
+        .unwrap();
+    let mut timed_out = pool
+        .task(spin)
+        .timeout(Duration::from_millis(100))
+        .cancel_timeout(Duration::ZERO)
+        .spawn(());
+    assert!((&mut timed_out).await.unwrap_err().is_timed_out());
+    let spun = timed_out.pid().unwrap();
+    eventually("the timed-out worker is gone", || !alive(spun)).await;
+
+    let mut crashed = pool.spawn(abort, ());
+    let err = (&mut crashed).await.unwrap_err();
+    assert!(matches!(err, TaskError::WorkerDied { .. }), "{err}");
+    assert_eq!(pool.spawn(add, (1, 2)).await.unwrap(), 3);
+    assert!(pool.stats().replaced >= 2);
+    pool.shutdown().await;
+}
+
+async fn a_killed_launcher_fails_the_task_and_leaves_nothing_running() {
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .launcher(relay())
+        .build()
+        .unwrap();
+    let dir = temp_dir("launcher-killed");
+    let path = dir.join("sleeper");
+    let mut task = pool.spawn(sleeper_then_spin, path.clone());
+    let sleeper = read_pid(&path);
+    let worker = task.pid().unwrap();
+    // The relay is this process's only child: kill it, as a dropped connection would.
+    for relay in children() {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(relay as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    let err = (&mut task).await.unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    eventually("the worker is gone", || !alive(worker)).await;
+    eventually("the task's child is gone", || !alive(sleeper)).await;
+    assert_eq!(
+        pool.spawn(add, (4, 4)).await.unwrap(),
+        8,
+        "the pool recovers"
+    );
+    pool.shutdown().await;
+}
+
+async fn a_copy_of_this_build_serves_and_another_build_is_refused() {
+    let dir = temp_dir("launcher-builds");
+    let copy = dir.join("copy");
+    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .launcher(shell().remote_program(&copy))
+        .build()
+        .unwrap();
+    assert_eq!(
+        pool.spawn(add, (5, 5)).await.unwrap(),
+        10,
+        "same content: served"
+    );
+    pool.shutdown().await;
+
+    // The same program with another build-id: another build.
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let note = [4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
+    let at = bytes
+        .windows(note.len())
+        .position(|w| w == note)
+        .expect("a GNU build-id note of 20 bytes");
+    bytes[at + note.len()] ^= 0xff;
+    let other = dir.join("other");
+    std::fs::write(&other, &bytes).unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .launcher(shell().remote_program(&other))
+        .build()
+        .unwrap();
+    let err = pool.spawn(add, (1, 1)).await.unwrap_err();
+    assert!(err.is_spawn(), "{err}");
+    assert!(err.to_string().contains("another build"), "{err}");
+}
+
+async fn a_launcher_that_cannot_run_fails_tasks_clearly() {
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .launcher(Launcher::command("/nonexistent/launcher"))
+        .build();
+    let err = pool.unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/launcher"),
+        "names the launcher: {err}"
+    );
+}
+
+fn main() {
+    let scenarios = scenarios![
+        results_and_metadata_through_a_shell,
+        cancel_stops_the_worker_and_what_its_task_started,
+        timeout_and_crash_fail_their_task_and_the_worker_is_replaced,
+        a_killed_launcher_fails_the_task_and_leaves_nothing_running,
+        a_copy_of_this_build_serves_and_another_build_is_refused,
+        a_launcher_that_cannot_run_fails_tasks_clearly,
+    ];
+    common::main_with(common::trials_under(
+        &[Runtime::Smol, Runtime::TokioMultiThread],
+        &scenarios,
+    ));
+}
