@@ -7,6 +7,8 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_process::{Child, ChildStderr, ChildStdin, ChildStdout};
@@ -16,6 +18,8 @@ use crate::protocol::WORKER_FLAG;
 use crate::sys::exe::current_program;
 use crate::sys::signal::{Pidfd, Signal};
 use crate::sys::wait::within;
+
+mod ssh;
 
 /// Where and how a pool's worker processes are started: on this machine (the default), or
 /// through any command that starts this same program elsewhere with its stdin and stdout
@@ -57,6 +61,12 @@ enum Kind {
     Local,
     /// `program args.. remote_program --worker`.
     Command(OsString),
+    /// `ssh [options] host exec <copy or remote_program> --worker`, over `hosts` in turn.
+    Ssh {
+        hosts: Vec<String>,
+        /// Which host the next worker goes to.
+        next: Arc<AtomicUsize>,
+    },
 }
 
 impl Launcher {
@@ -84,6 +94,52 @@ impl Launcher {
     pub fn command(program: impl Into<OsString>) -> Launcher {
         Launcher {
             kind: Kind::Command(program.into()),
+            ..Launcher::default()
+        }
+    }
+
+    /// Workers on `destination` (`host`, `user@host`, or a `Host` of the ssh configuration),
+    /// started with `ssh -T -o BatchMode=yes -o ConnectTimeout=10 [args..] destination`.
+    ///
+    /// Unless [`remote_program`](Launcher::remote_program) names the executable there, this
+    /// program is copied to `~/.cache/offload/worker-<content id>` on the host the first time
+    /// a worker starts there (once per build: a later build gets a file of its own), into a
+    /// directory only the user can write, under a temporary name renamed into place. Its
+    /// [`args`](Launcher::args) are ssh options (`-F ssh_config`, `-p 2222`, `-i key`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use offload::Launcher;
+    ///
+    /// let launcher = Launcher::ssh("node1").args(["-F", "ssh_config"]);
+    /// assert!(!launcher.is_local());
+    /// ```
+    pub fn ssh(destination: impl Into<String>) -> Launcher {
+        Launcher::ssh_hosts([destination])
+    }
+
+    /// Workers over ssh on each of `destinations` in turn (see [`Launcher::ssh`]): the first
+    /// worker on the first host, the next on the second, and so on, replacements too.
+    ///
+    /// # Panics
+    ///
+    /// If `destinations` is empty.
+    pub fn ssh_hosts<I>(destinations: I) -> Launcher
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let hosts: Vec<String> = destinations.into_iter().map(Into::into).collect();
+        assert!(
+            !hosts.is_empty(),
+            "Launcher::ssh_hosts needs at least one host"
+        );
+        Launcher {
+            kind: Kind::Ssh {
+                hosts,
+                next: Arc::default(),
+            },
             ..Launcher::default()
         }
     }
@@ -135,8 +191,28 @@ impl Launcher {
                 };
                 command
             }
+            Kind::Ssh { hosts, next } => {
+                let host = &hosts[next.fetch_add(1, Ordering::Relaxed) % hosts.len()];
+                if self.remote_program.is_none() {
+                    ssh::ensure_copy(&self.args, host)?;
+                }
+                let mut command = std::process::Command::new("ssh");
+                command
+                    .args(ssh::base_options())
+                    .args(&self.args)
+                    .arg(host)
+                    .arg(ssh::worker_command(self.remote_program.as_deref()));
+                // The worker line, already complete: the flag below is not added again.
+                command.process_group(0);
+                return self.spawn(command, pipe_stderr);
+            }
         };
         command.arg(WORKER_FLAG).process_group(0);
+        self.spawn(command, pipe_stderr)
+    }
+
+    /// Spawns the launch `command` with the protocol's pipes.
+    fn spawn(&self, command: std::process::Command, pipe_stderr: bool) -> io::Result<Launched> {
         let mut command = async_process::Command::from(command);
         command
             .stdin(Stdio::piped())
@@ -164,23 +240,22 @@ impl Launcher {
 
     /// An error of the launch, with the launcher named.
     fn explain(&self, err: io::Error) -> io::Error {
-        match &self.kind {
-            Kind::Local => err,
-            Kind::Command(program) => io::Error::new(
-                err.kind(),
-                format!(
-                    "could not run the launcher {}: {err}",
-                    program.to_string_lossy()
-                ),
-            ),
-        }
+        let program = match &self.kind {
+            Kind::Local => return err,
+            Kind::Command(program) => program.to_string_lossy().into_owned(),
+            Kind::Ssh { .. } => "ssh".to_string(),
+        };
+        io::Error::new(
+            err.kind(),
+            format!("could not run the launcher {program}: {err}"),
+        )
     }
 
     /// The build identity a worker started by this launcher must answer the handshake with.
     pub(crate) fn expected_build(&self) -> u64 {
         match self.kind {
             Kind::Local => build_id(),
-            Kind::Command(_) => content_id(),
+            Kind::Command(_) | Kind::Ssh { .. } => content_id(),
         }
     }
 }
