@@ -61,6 +61,8 @@ enum Kind {
     Local,
     /// `program args.. remote_program --worker`.
     Command(OsString),
+    /// `srun --ntasks=1 --unbuffered --quiet [--overlap] [args..] <program> --worker`.
+    Srun,
     /// `ssh [options] host exec <copy or remote_program> --worker`, over `hosts` in turn.
     Ssh {
         hosts: Vec<String>,
@@ -144,6 +146,34 @@ impl Launcher {
         }
     }
 
+    /// Workers as Slurm job steps: each worker is one long-lived step, started with
+    /// `srun --ntasks=1 --unbuffered --quiet [args..] <program> --worker` (never one step per
+    /// task). Inside an allocation (`salloc`, `sbatch`: `SLURM_JOB_ID` is set) every worker is
+    /// a step of that job, started with `--overlap` so that the pool's steps run at the same
+    /// time; outside one, each worker's `srun` gets a job of its own. Its
+    /// [`args`](Launcher::args) are srun options (`--partition=cpu`, `--cpus-per-task=4`,
+    /// `--bcast=<path>` for nodes that do not see this program's file system).
+    ///
+    /// The program is this executable's path (clusters share their file systems), unless
+    /// [`remote_program`](Launcher::remote_program) names another. Cancel and timeout stop the
+    /// worker's process group through its control thread; killing the `srun` process, which the
+    /// pool does if the worker does not confirm its exit in time, cancels the step.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use offload::Launcher;
+    ///
+    /// let launcher = Launcher::srun().arg("--partition=cpu");
+    /// assert!(!launcher.is_local());
+    /// ```
+    pub fn srun() -> Launcher {
+        Launcher {
+            kind: Kind::Srun,
+            ..Launcher::default()
+        }
+    }
+
     /// Adds one argument of the launcher's own, before the worker's command line.
     pub fn arg(mut self, arg: impl Into<OsString>) -> Launcher {
         self.args.push(arg.into());
@@ -184,6 +214,19 @@ impl Launcher {
             Kind::Local => std::process::Command::new(current_program()),
             Kind::Command(program) => {
                 let mut command = std::process::Command::new(program);
+                command.args(&self.args);
+                match &self.remote_program {
+                    Some(path) => command.arg(path),
+                    None => command.arg(std::env::current_exe()?),
+                };
+                command
+            }
+            Kind::Srun => {
+                let mut command = std::process::Command::new("srun");
+                command.args(["--ntasks=1", "--nodes=1", "--unbuffered", "--quiet"]);
+                if std::env::var_os("SLURM_JOB_ID").is_some() {
+                    command.arg("--overlap");
+                }
                 command.args(&self.args);
                 match &self.remote_program {
                     Some(path) => command.arg(path),
@@ -243,6 +286,7 @@ impl Launcher {
         let program = match &self.kind {
             Kind::Local => return err,
             Kind::Command(program) => program.to_string_lossy().into_owned(),
+            Kind::Srun => "srun".to_string(),
             Kind::Ssh { .. } => "ssh".to_string(),
         };
         io::Error::new(
@@ -255,7 +299,7 @@ impl Launcher {
     pub(crate) fn expected_build(&self) -> u64 {
         match self.kind {
             Kind::Local => build_id(),
-            Kind::Command(_) | Kind::Ssh { .. } => content_id(),
+            Kind::Command(_) | Kind::Srun | Kind::Ssh { .. } => content_id(),
         }
     }
 }
