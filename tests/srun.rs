@@ -192,6 +192,10 @@ async fn a_rejected_srun_fails_tasks_clearly() {
     let err = pool.spawn(add, (1, 1)).await.unwrap_err();
     assert!(err.is_spawn(), "{err}");
     assert!(err.to_string().contains("during start-up"), "{err}");
+    assert!(
+        err.to_string().contains("Invalid partition name"),
+        "quotes srun: {err}"
+    );
 }
 
 fn main() {

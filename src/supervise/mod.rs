@@ -31,6 +31,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Size of the buffer in front of each worker's output pipe.
 const READ_BUFFER: usize = 64 * 1024;
 
+/// How much of what a failed launcher wrote is quoted, in characters.
+const LAUNCHER_SAID: usize = 1000;
+
 /// The usual cause of a worker that does not speak the protocol.
 const INIT_HINT: &str = "does `main` call offload::init() first?";
 
@@ -92,7 +95,8 @@ impl WorkerLink {
     /// limit, to tell an allocation failure from other aborts.
     pub(crate) fn launch(launcher: &Launcher, memory_limit: Option<u64>) -> io::Result<Starting> {
         Ok(Starting {
-            launched: launcher.start(memory_limit.is_some())?,
+            // A remote launcher's stderr is piped too, to quote it when the start fails.
+            launched: launcher.start(memory_limit.is_some() || !launcher.is_local())?,
             expected_build: launcher.expected_build(),
             memory_limit,
             remote: !launcher.is_local(),
@@ -151,8 +155,9 @@ impl WorkerLink {
         let sent = self.input.write_all(&hello).await;
         if !frame::read_frame_async(&mut self.output, &mut self.buf).await? {
             let status = self.process.reap().await?;
+            let said = self.launcher_said().await;
             return Err(io::Error::other(format!(
-                "worker {pid} exited during start-up ({status}); {}",
+                "worker {pid} exited during start-up ({status}){said}; {}",
                 self.hint()
             )));
         }
@@ -181,6 +186,33 @@ impl WorkerLink {
                 io::ErrorKind::InvalidData,
                 format!("worker {pid} did not answer the handshake; {}", self.hint()),
             )),
+        }
+    }
+
+    /// The end of what the launcher of a worker that exited wrote to its stderr (it is piped
+    /// only for remote launchers and under a memory limit), as `: it said "…"`, also copied to
+    /// this process's stderr.
+    async fn launcher_said(&mut self) -> String {
+        use futures_lite::AsyncReadExt;
+        let Some(stderr) = self.stderr.as_mut() else {
+            return String::new();
+        };
+        let mut said = Vec::new();
+        let _ = within(EXIT_GRACE, stderr.read_to_end(&mut said)).await;
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), &said);
+        let text = String::from_utf8_lossy(&said);
+        let text = text.trim();
+        let tail: String = text
+            .chars()
+            .rev()
+            .take(LAUNCHER_SAID)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        match tail.is_empty() {
+            true => String::new(),
+            false => format!(": it said \"{}\"", tail.replace('\n', " / ")),
         }
     }
 
