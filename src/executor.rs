@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::TaskError;
 use crate::func::{AsyncTaskFn, TaskFn};
+use crate::launch::Launcher;
 use crate::pool::{PoolBuilder, ProcessPool, TaskBuilder};
 use crate::task::ProcessTask;
 
@@ -139,6 +140,9 @@ pub struct Isolated {
 
 struct IsolatedInner {
     max_procs: usize,
+    /// How its processes are started.
+    launcher: Launcher,
+    /// Created on first use.
     pool: Mutex<Option<ProcessPool>>,
 }
 
@@ -159,6 +163,36 @@ impl Isolated {
         Isolated {
             inner: Arc::new(IsolatedInner {
                 max_procs: max_procs.min(MAX_PROCS_LIMIT),
+                launcher: Launcher::local(),
+                pool: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The same executor with its processes started by `launcher` (see [`Launcher`]): a fresh
+    /// process per call on another machine, or through a wrapper. Takes effect for an executor
+    /// that has not run a task yet; one that has keeps its processes and launcher.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use offload::{Executor, Isolated, Launcher};
+    ///
+    /// fn risky(n: u32) -> u32 { n * 2 }
+    ///
+    /// # offload::init();
+    /// let isolated = Isolated::with_max_procs(4).launcher(Launcher::ssh("node1"));
+    /// assert_eq!(isolated.spawn(risky, 21).wait()?, 42);
+    /// # Ok::<(), offload::TaskError>(())
+    /// ```
+    pub fn launcher(self, launcher: Launcher) -> Isolated {
+        if self.lock().is_some() {
+            return self;
+        }
+        Isolated {
+            inner: Arc::new(IsolatedInner {
+                max_procs: self.inner.max_procs,
+                launcher,
                 pool: Mutex::new(None),
             }),
         }
@@ -210,6 +244,7 @@ impl sealed::Sealed for Isolated {
             .workers(self.inner.max_procs)
             .max_tasks_per_worker(1)
             .on_demand()
+            .launcher(self.inner.launcher.clone())
             .build()
             .map_err(crate::error::Error::into_task_error)?;
         *slot = Some(pool.clone());

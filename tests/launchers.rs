@@ -245,6 +245,17 @@ async fn a_launcher_that_cannot_run_fails_tasks_clearly() {
     );
 }
 
+async fn isolated_runs_each_call_in_a_fresh_remote_process() {
+    use offload::Executor;
+    let isolated = offload::Isolated::with_max_procs(2).launcher(shell());
+    let (first, shell_a) = isolated.spawn(whoami, ()).await.unwrap();
+    let (second, shell_b) = isolated.spawn(whoami, ()).await.unwrap();
+    assert_ne!(first, second, "a fresh process per call");
+    assert_ne!(shell_a, std::process::id(), "started through the launcher");
+    assert_ne!(shell_b, std::process::id(), "started through the launcher");
+    isolated.shutdown().await;
+}
+
 fn main() {
     let scenarios = scenarios![
         results_and_metadata_through_a_shell,
@@ -253,6 +264,7 @@ fn main() {
         a_killed_launcher_fails_the_task_and_leaves_nothing_running,
         a_copy_of_this_build_serves_and_another_build_is_refused,
         a_launcher_that_cannot_run_fails_tasks_clearly,
+        isolated_runs_each_call_in_a_fresh_remote_process,
     ];
     common::main_with(common::trials_under(
         &[Runtime::Smol, Runtime::TokioMultiThread],
