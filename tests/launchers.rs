@@ -10,10 +10,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{alive, children, eventually, temp_dir, wait_for_file, Runtime};
+use common::{
+    alive, another_build, children, eventually, hostname, read_pid, sleeper_then_spin, temp_dir,
+    Runtime,
+};
 use offload::{Launcher, ProcessPool, TaskError};
 
 /// A shell between the parent and the worker; the worker is its child, not ours.
@@ -44,13 +46,6 @@ sys.exit(worker.wait())
     Launcher::command("python3").args(["-c", RELAY])
 }
 
-fn hostname() -> String {
-    String::from_utf8(std::fs::read("/proc/sys/kernel/hostname").unwrap())
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 fn whoami() -> (u32, u32) {
     let ppid = std::os::unix::process::parent_id();
     (std::process::id(), ppid)
@@ -66,28 +61,6 @@ fn spin() -> u32 {
 
 fn abort() -> u32 {
     std::process::abort()
-}
-
-/// Starts `sleep 1000` (in the worker's process group), writes its pid to `path`, spins. The
-/// sleeper is never waited for: the test checks that stopping the worker takes it along.
-#[allow(clippy::zombie_processes)]
-fn sleeper_then_spin(path: PathBuf) -> u32 {
-    let child = std::process::Command::new("sleep")
-        .arg("1000")
-        .spawn()
-        .unwrap();
-    std::fs::write(&path, child.id().to_string()).unwrap();
-    common::spin()
-}
-
-fn read_pid(path: &PathBuf) -> u32 {
-    wait_for_file(path.clone());
-    loop {
-        if let Ok(pid) = std::fs::read_to_string(path).unwrap_or_default().parse() {
-            return pid;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 async fn results_and_metadata_through_a_shell() {
@@ -213,16 +186,7 @@ async fn a_copy_of_this_build_serves_and_another_build_is_refused() {
     pool.shutdown().await;
 
     // The same program with another build-id: another build.
-    let mut bytes = std::fs::read(&copy).unwrap();
-    let note = [4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
-    let at = bytes
-        .windows(note.len())
-        .position(|w| w == note)
-        .expect("a GNU build-id note of 20 bytes");
-    bytes[at + note.len()] ^= 0xff;
-    let other = dir.join("other");
-    std::fs::write(&other, &bytes).unwrap();
-    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let other = another_build(&dir);
     let pool = ProcessPool::builder()
         .workers(1)
         .launcher(shell().remote_program(&other))

@@ -214,11 +214,7 @@ impl Launcher {
             Kind::Local => std::process::Command::new(current_program()),
             Kind::Command(program) => {
                 let mut command = std::process::Command::new(program);
-                command.args(&self.args);
-                match &self.remote_program {
-                    Some(path) => command.arg(path),
-                    None => command.arg(std::env::current_exe()?),
-                };
+                command.args(&self.args).arg(self.program_elsewhere()?);
                 command
             }
             Kind::Srun => {
@@ -227,11 +223,7 @@ impl Launcher {
                 if std::env::var_os("SLURM_JOB_ID").is_some() {
                     command.arg("--overlap");
                 }
-                command.args(&self.args);
-                match &self.remote_program {
-                    Some(path) => command.arg(path),
-                    None => command.arg(std::env::current_exe()?),
-                };
+                command.args(&self.args).arg(self.program_elsewhere()?);
                 command
             }
             Kind::Ssh { hosts, next } => {
@@ -252,6 +244,15 @@ impl Launcher {
         };
         command.arg(WORKER_FLAG).process_group(0);
         self.spawn(command, pipe_stderr)
+    }
+
+    /// The worker executable a command or srun launcher names: `remote_program`, else this
+    /// executable's real path (`/proc/self/exe` would name the launcher on the other side).
+    fn program_elsewhere(&self) -> io::Result<PathBuf> {
+        match &self.remote_program {
+            Some(path) => Ok(path.clone()),
+            None => std::env::current_exe(),
+        }
     }
 
     /// Spawns the launch `command` with the protocol's pipes.

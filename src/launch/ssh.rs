@@ -56,21 +56,21 @@ pub(super) fn ensure_copy(options: &[OsString], host: &str) -> io::Result<()> {
     if copied.get_or_insert_with(HashSet::new).contains(&key) {
         return Ok(());
     }
-    let name = copy_name();
-    // Present: a regular file, owned by the user, executable, in a directory only the user
-    // owns. Absent: made under a temporary name, then renamed into place.
+    // Present: a regular file (not a symlink), owned by the user, executable, in a directory
+    // that is the user's own and not a symlink. Absent: made under a temporary name in that
+    // directory (mode 0700), then renamed into place, so that no one starts a half-written
+    // file and a concurrent copy of the same build only replaces it with the same bytes.
+    let vars = format!("d={CACHE_DIR}; f=\"$d/{}\"", copy_name());
+    let dir_is_ours = "[ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -O \"$d\" ]";
+    let check = format!(
+        "{vars}; {dir_is_ours} && [ -f \"$f\" ] && [ ! -L \"$f\" ] && [ -O \"$f\" ] && [ -x \"$f\" ]"
+    );
     let script = format!(
-        "umask 077; d={CACHE_DIR}; f=\"$d/{name}\"; \
-         mkdir -p \"$d\" && chmod 700 \"$d\" || exit 3; \
-         if [ -L \"$d\" ] || [ ! -O \"$d\" ]; then echo \"$d is not a directory of this user\" >&2; exit 3; fi; \
-         if [ -f \"$f\" ] && [ -O \"$f\" ] && [ -x \"$f\" ] && [ ! -L \"$f\" ]; then cat > /dev/null; exit 0; fi; \
+        "umask 077; {vars}; mkdir -p \"$d\" && chmod 700 \"$d\" || exit 3; \
+         if ! {{ {dir_is_ours}; }}; then echo \"$d is not a directory of this user\" >&2; exit 3; fi; \
          t=\"$f.tmp.$$\"; cat > \"$t\" && chmod 700 \"$t\" && mv -f \"$t\" \"$f\""
     );
     // The file goes through stdin only when the host lacks it: the check runs first.
-    let check = format!(
-        "d={CACHE_DIR}; f=\"$d/{name}\"; [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -O \"$d\" ] && \
-         [ -f \"$f\" ] && [ ! -L \"$f\" ] && [ -O \"$f\" ] && [ -x \"$f\" ]"
-    );
     let present = ssh(options, host, &check, Stdio::null())?;
     if !present.status.success() {
         if present.status.code() == Some(255) {

@@ -202,18 +202,12 @@ impl WorkerLink {
         let _ = std::io::Write::write_all(&mut std::io::stderr(), &said);
         let text = String::from_utf8_lossy(&said);
         let text = text.trim();
-        let tail: String = text
-            .chars()
-            .rev()
-            .take(LAUNCHER_SAID)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        match tail.is_empty() {
-            true => String::new(),
-            false => format!(": it said \"{}\"", tail.replace('\n', " / ")),
+        if text.is_empty() {
+            return String::new();
         }
+        let skip = text.chars().count().saturating_sub(LAUNCHER_SAID);
+        let tail: String = text.chars().skip(skip).collect();
+        format!(": it said \"{}\"", tail.replace('\n', " / "))
     }
 
     /// The usual cause of a worker that does not answer.

@@ -237,3 +237,50 @@ pub fn rendezvous(dir: PathBuf, n: usize) -> u32 {
 fn count(dir: &Path) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
+
+/// This machine's host name, as a worker reports it.
+pub fn hostname() -> String {
+    String::from_utf8(std::fs::read("/proc/sys/kernel/hostname").unwrap())
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Starts `sleep 1000` (in the worker's process group), writes its pid to `path`, spins. The
+/// sleeper is never waited for: the tests check that stopping the worker takes it along.
+#[allow(clippy::zombie_processes)]
+pub fn sleeper_then_spin(path: PathBuf) -> u32 {
+    let child = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    std::fs::write(&path, child.id().to_string()).unwrap();
+    spin()
+}
+
+/// The pid `sleeper_then_spin` wrote to `path`, once it is there (up to [`BOUND`]).
+pub fn read_pid(path: &Path) -> u32 {
+    wait_for_file(path.to_path_buf());
+    loop {
+        if let Ok(pid) = std::fs::read_to_string(path).unwrap_or_default().parse() {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A copy of this test binary in `dir` with one byte of its GNU build-id flipped: the same
+/// program, another build.
+pub fn another_build(dir: &Path) -> PathBuf {
+    let mut bytes = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let note = [4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
+    let at = bytes
+        .windows(note.len())
+        .position(|w| w == note)
+        .expect("a GNU build-id note of 20 bytes");
+    bytes[at + note.len()] ^= 0xff;
+    let other = dir.join("other");
+    std::fs::write(&other, &bytes).unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    other
+}
