@@ -37,18 +37,14 @@ impl TaskSpan {
     }
 
     /// The task was sent to worker `pid` on `host` (`None`: this machine).
+    #[cfg(feature = "tracing")]
     pub(crate) fn started(&self, pid: u32, host: Option<&str>) {
-        #[cfg(feature = "tracing")]
-        {
-            self.span.record("pid", pid);
-            if let Some(host) = host {
-                self.span.record("host", host);
-            }
-            self.span
-                .in_scope(|| tracing::debug!(pid, host, "task started"));
+        self.span.record("pid", pid);
+        if let Some(host) = host {
+            self.span.record("host", host);
         }
-        #[cfg(not(feature = "tracing"))]
-        let _ = (pid, host);
+        self.span
+            .in_scope(|| tracing::debug!(pid, host, "task started"));
     }
 
     /// The task ended with `status`, after running for `duration`, or failed with `error`.

@@ -65,15 +65,21 @@ pub(crate) trait AnyTask: Send + Sync {
     fn take_end_report(&self) -> bool;
     /// Hands the result out to the awaiting side, once the end was reported.
     fn release(&self);
+    /// Its tracing span (which exists with the `tracing` feature only).
+    #[cfg(feature = "tracing")]
     fn span(&self) -> &TaskSpan;
 }
 
 /// Runs `on_start` for a task that just started, once.
 pub(crate) fn report_start(task: &dyn AnyTask) {
     if task.take_start_report() {
-        let info = task.info();
-        if let Some(pid) = info.pid() {
-            task.span().started(pid, info.host());
+        // A snapshot only for the span: without tracing, starting a task copies nothing.
+        #[cfg(feature = "tracing")]
+        {
+            let info = task.info();
+            if let Some(pid) = info.pid() {
+                task.span().started(pid, info.host());
+            }
         }
         if let Some(callback) = &task.options().on_start {
             run_callback("on_start", callback, task);
@@ -147,7 +153,8 @@ pub(crate) struct Shared<T> {
     started: Started,
     /// How the worker's reply becomes the task's value.
     decode: Decoder<T>,
-    /// The tracing span (empty without the `tracing` feature).
+    /// The tracing span (empty, and never read, without the `tracing` feature).
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     span: TaskSpan,
     options: TaskOptions,
     /// Where the end is counted, for a task of a pool.
@@ -413,6 +420,7 @@ impl<T: Send> AnyTask for Shared<T> {
         }
     }
 
+    #[cfg(feature = "tracing")]
     fn span(&self) -> &TaskSpan {
         &self.span
     }
