@@ -48,14 +48,15 @@ CONFIG
     slurmctld -f "$SLURM_CONF"
     slurmd -f "$SLURM_CONF" -N "$node"
     for _ in $(seq 150); do
-        if sinfo -h -o %t 2>/dev/null | grep -qx idle; then
+        # Up: the node takes work (idle, or already running some).
+        if sinfo -h -o %t 2>/dev/null | grep -qxE "idle|mix|alloc"; then
             echo "$SLURM_CONF"
             exit 0
         fi
         sleep 0.2
     done
     echo "slurm did not come up; its logs:" >&2
-    tail -20 "$dir/slurmctld.log" "$dir/slurmd.log" >&2 || true
+    tail -n 20 "$dir/slurmctld.log" "$dir/slurmd.log" >&2 || true
     sinfo >&2 || true
     exit 1
     ;;
