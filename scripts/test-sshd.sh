@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # An OpenSSH server for the tests: loopback only, port 2222, key-only, with host and client
-# keys made for this run in DIR. Prints the ssh_config to use (Host offload-test).
+# keys made for this run in DIR. Prints the ssh_config to use (Host offload-test, and
+# offload-test-2: the same server on 127.0.0.2, a second loopback address, as a second host).
 #   scripts/test-sshd.sh start DIR     start it (needs openssh-server and openssh-client)
 #   scripts/test-sshd.sh stop DIR      stop it, by the pid it recorded
 set -euo pipefail
@@ -16,6 +17,7 @@ start)
     cp "$dir/client_key.pub" "$dir/authorized_keys"
     cat > "$dir/sshd_config" <<CONFIG
 ListenAddress 127.0.0.1
+ListenAddress 127.0.0.2
 Port 2222
 HostKey $dir/host_key
 AuthorizedKeysFile $dir/authorized_keys
@@ -29,10 +31,13 @@ MaxStartups 200:30:400
 MaxSessions 200
 PidFile $dir/sshd.pid
 CONFIG
-    echo "[127.0.0.1]:2222 $(cut -d' ' -f1,2 "$dir/host_key.pub")" > "$dir/known_hosts"
+    echo "[127.0.0.1]:2222,[127.0.0.2]:2222 $(cut -d' ' -f1,2 "$dir/host_key.pub")" > "$dir/known_hosts"
     cat > "$dir/ssh_config" <<CONFIG
+Host offload-test-2
+    HostName 127.0.0.2
 Host offload-test
     HostName 127.0.0.1
+Host offload-test offload-test-2
     Port 2222
     User $(id -un)
     IdentityFile $dir/client_key

@@ -1,5 +1,5 @@
 //! Workers as Slurm job steps (`Launcher::srun`) against a real single-node Slurm: results and
-//! truthful metadata, cancel and timeout that stop the worker and what its task started, a
+//! truthful metadata, the program copied to the node once per build and reused, cancel and timeout that stop the worker and what its task started, a
 //! crash that fails one task, the srun process killed from outside (the step is cancelled,
 //! nothing is left, the pool recovers), another build refused, a rejected srun failing tasks.
 //!
@@ -67,7 +67,26 @@ async fn results_and_metadata() {
         "not a child of ours: slurmd started it"
     );
     assert_eq!(task.host().as_deref(), Some(hostname().as_str()));
-    assert_eq!(PathBuf::from(exe), std::env::current_exe().unwrap());
+    let copy = PathBuf::from(&exe);
+    let cache = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/offload");
+    assert_eq!(
+        copy.parent(),
+        Some(cache.as_path()),
+        "ran from the node's cache: {exe}"
+    );
+    let name = copy.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("worker-"), "{exe}");
+    let written = std::fs::metadata(&copy).unwrap().modified().unwrap();
+    pool.shutdown().await;
+
+    // Another pool of the same build starts from the same copy, which is not written again.
+    let pool = self::pool(1);
+    let (_, again) = pool.spawn(whoami, ()).await.unwrap();
+    assert_eq!(again, exe);
+    assert_eq!(
+        std::fs::metadata(&copy).unwrap().modified().unwrap(),
+        written
+    );
     pool.shutdown().await;
 }
 

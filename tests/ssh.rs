@@ -1,7 +1,8 @@
 //! Workers over ssh (`Launcher::ssh`) against a real OpenSSH server: results and truthful
 //! metadata, the program copied once per build and reused, cancel and timeout that stop the
 //! worker and what its task started, a crash that fails one task, the ssh client killed from
-//! outside (the worker and its children go, the pool recovers), another build refused.
+//! outside (the worker and its children go, the pool recovers), another build refused, workers
+//! spread over two hosts (the same server on two loopback addresses).
 //!
 //! The server is the one `scripts/test-sshd.sh` starts (`.ci/run` does): set
 //! `OFFLOAD_TEST_SSH_CONFIG` to the ssh_config it prints. Without it these tests are ignored.
@@ -180,19 +181,70 @@ async fn another_build_is_refused_and_says_so() {
     assert!(err.to_string().contains("another build"), "{err}");
 }
 
+/// The address the worker's ssh connection reached: which of the two test hosts it is on.
+fn server_address() -> String {
+    let connection = std::env::var("SSH_CONNECTION").unwrap_or_default();
+    connection.split(' ').nth(2).unwrap_or_default().to_string()
+}
+
+async fn workers_are_spread_over_hosts_in_turn() {
+    let config = std::env::var(CONFIG_ENV).unwrap();
+    let pool = ProcessPool::builder()
+        .workers(4)
+        .launcher(Launcher::ssh_hosts(["offload-test", "offload-test-2"]).args(["-F", &config]))
+        .build()
+        .unwrap();
+    // Each task waits until all four run, so that each runs on a worker of its own.
+    let dir = temp_dir("ssh-hosts");
+    let tasks: Vec<_> = (0..4)
+        .map(|_| pool.spawn(address_once_all_run, (dir.clone(), 4)))
+        .collect();
+    let mut addresses = Vec::new();
+    for task in tasks {
+        addresses.push(task.await.unwrap());
+    }
+    addresses.sort();
+    assert_eq!(
+        addresses,
+        ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2"],
+        "two workers on each host"
+    );
+    // A replacement goes to the next host in turn, and serves.
+    let err = pool.spawn(abort, ()).await.unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert!(!pool.spawn(server_address, ()).await.unwrap().is_empty());
+    pool.shutdown().await;
+}
+
+/// The worker's host address, once `all` tasks have marked themselves running in `dir`
+/// (bounded: after 60 s it answers anyway, and the test's assertion says what happened).
+fn address_once_all_run(dir: PathBuf, all: usize) -> String {
+    std::fs::write(dir.join(std::process::id().to_string()), b"").unwrap();
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&dir).unwrap().count() < all && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server_address()
+}
+
 async fn an_unreachable_host_fails_clearly() {
     let config = std::env::var(CONFIG_ENV).unwrap();
     let pool = ProcessPool::builder()
         .workers(1)
         .launcher(Launcher::ssh("nobody@127.0.0.1").args(["-F", &config, "-p", "1"]))
-        .build();
-    let err = pool.unwrap_err();
+        .build()
+        .unwrap();
+    let err = pool.spawn(add, (1, 1)).await.unwrap_err();
+    assert!(err.is_spawn(), "{err}");
     let text = err.to_string();
     assert!(
-        text.contains("ssh nobody@127.0.0.1"),
+        text.contains("(ssh nobody@127.0.0.1)"),
         "names the host: {text}"
     );
-    assert!(text.contains("could not connect"), "{text}");
+    assert!(
+        text.contains("Connection refused"),
+        "quotes what ssh said: {text}"
+    );
 }
 
 fn main() {
@@ -204,6 +256,7 @@ fn main() {
         a_killed_ssh_client_fails_the_task_and_leaves_nothing_running,
         another_build_is_refused_and_says_so,
         an_unreachable_host_fails_clearly,
+        workers_are_spread_over_hosts_in_turn,
     ];
     let mut trials = common::trials_under(&[Runtime::Smol, Runtime::TokioMultiThread], &scenarios);
     if std::env::var_os(CONFIG_ENV).is_none() {

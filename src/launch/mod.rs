@@ -13,12 +13,14 @@ use std::time::Duration;
 
 use async_process::{Child, ChildStderr, ChildStdin, ChildStdout};
 
+use self::copy::Delivery;
 use crate::protocol::build::{build_id, content_id};
 use crate::protocol::WORKER_FLAG;
 use crate::sys::exe::current_program;
 use crate::sys::signal::{Pidfd, Signal};
 use crate::sys::wait::within;
 
+pub(crate) mod copy;
 mod ssh;
 
 /// Where and how a pool's worker processes are started: on this machine (the default), or
@@ -104,9 +106,13 @@ impl Launcher {
     /// started with `ssh -T -o BatchMode=yes -o ConnectTimeout=10 [args..] destination`.
     ///
     /// Unless [`remote_program`](Launcher::remote_program) names the executable there, this
-    /// program is copied to `~/.cache/offload/worker-<content id>` on the host the first time
-    /// a worker starts there (once per build: a later build gets a file of its own), into a
-    /// directory only the user can write, under a temporary name renamed into place. Its
+    /// program is copied to `${XDG_CACHE_HOME:-~/.cache}/offload/worker-<content id>` on the
+    /// host the first time a worker starts there (once per build: a later build gets a file of
+    /// its own), through the worker's own connection, into a directory only the user can
+    /// write, under a temporary name renamed into place; later starts find it and skip the
+    /// copy. The workers of one pool copy to a host one at a time, so a pool of eight sends the
+    /// file once. Copies of other builds not rewritten for 30 days are removed when a new copy
+    /// is written. The remote login shell must be able to run `sh -c '…'`. Its
     /// [`args`](Launcher::args) are ssh options (`-F ssh_config`, `-p 2222`, `-i key`).
     ///
     /// # Examples
@@ -147,15 +153,19 @@ impl Launcher {
     }
 
     /// Workers as Slurm job steps: each worker is one long-lived step, started with
-    /// `srun --ntasks=1 --unbuffered --quiet [args..] <program> --worker` (never one step per
-    /// task). Inside an allocation (`salloc`, `sbatch`: `SLURM_JOB_ID` is set) every worker is
-    /// a step of that job, started with `--overlap` so that the pool's steps run at the same
-    /// time; outside one, each worker's `srun` gets a job of its own. Its
-    /// [`args`](Launcher::args) are srun options (`--partition=cpu`, `--cpus-per-task=4`,
-    /// `--bcast=<path>` for nodes that do not see this program's file system).
+    /// `srun --ntasks=1 --nodes=1 --unbuffered --quiet [args..] sh -c '<find or receive the
+    /// copy, then exec it --worker>'` (never one step per task). Inside an allocation
+    /// (`salloc`, `sbatch`: `SLURM_JOB_ID` is set) every worker is a step of that job, started
+    /// with `--overlap` so that the pool's steps run at the same time; outside one, each
+    /// worker's `srun` gets a job of its own. Its [`args`](Launcher::args) are srun options
+    /// (`--partition=cpu`, `--cpus-per-task=4`).
     ///
-    /// The program is this executable's path (clusters share their file systems), unless
-    /// [`remote_program`](Launcher::remote_program) names another. Cancel and timeout stop the
+    /// The program gets to the node by itself, as for [`Launcher::ssh`]: each step looks for
+    /// this build's copy in `${XDG_CACHE_HOME:-~/.cache}/offload` on its node and receives it
+    /// through its stdin if it is missing (on a home directory that the nodes share, that is
+    /// once for the whole cluster). With [`remote_program`](Launcher::remote_program) the step
+    /// runs that file instead (`std::env::current_exe()` where the nodes see this program's
+    /// file system; a path given to srun's own `--bcast=<path>`). Cancel and timeout stop the
     /// worker's process group through its control thread; killing the `srun` process, which the
     /// pool does if the worker does not confirm its exit in time, cancels the step.
     ///
@@ -210,6 +220,7 @@ impl Launcher {
     /// in its own process group so that a terminal's Ctrl-C reaches only the parent, which
     /// decides what workers do.
     pub(crate) fn start(&self, pipe_stderr: bool) -> io::Result<Launched> {
+        let mut delivery = None;
         let mut command = match &self.kind {
             Kind::Local => std::process::Command::new(current_program()),
             Kind::Command(program) => {
@@ -223,27 +234,40 @@ impl Launcher {
                 if std::env::var_os("SLURM_JOB_ID").is_some() {
                     command.arg("--overlap");
                 }
-                command.args(&self.args).arg(self.program_elsewhere()?);
+                command.args(&self.args);
+                if self.remote_program.is_none() {
+                    // Steps may land on any node: each start looks for the copy on its own.
+                    let mut destination = vec![OsString::from("srun")];
+                    destination.extend(self.args.iter().cloned());
+                    delivery = Some(Delivery::new(destination));
+                    command.args(["sh", "-c", &copy::script()?]);
+                    return self.spawn(command, pipe_stderr, delivery);
+                }
+                command.arg(self.program_elsewhere()?);
                 command
             }
             Kind::Ssh { hosts, next } => {
                 let host = &hosts[next.fetch_add(1, Ordering::Relaxed) % hosts.len()];
-                if self.remote_program.is_none() {
-                    ssh::ensure_copy(&self.args, host)?;
-                }
                 let mut command = std::process::Command::new("ssh");
-                command
-                    .args(ssh::base_options())
-                    .args(&self.args)
-                    .arg(host)
-                    .arg(ssh::worker_command(self.remote_program.as_deref()));
+                command.args(ssh::base_options()).args(&self.args).arg(host);
+                match &self.remote_program {
+                    Some(program) => command.arg(ssh::worker_command(program)),
+                    None => {
+                        let mut destination = vec![OsString::from("ssh")];
+                        destination.extend(self.args.iter().cloned());
+                        destination.push(host.into());
+                        delivery = Some(Delivery::new(destination));
+                        command.arg(ssh::copying_worker_command()?)
+                    }
+                };
                 // The worker line, already complete: the flag below is not added again.
-                command.process_group(0);
-                return self.spawn(command, pipe_stderr);
+                let mut launched = self.spawn(command, pipe_stderr, delivery)?;
+                launched.via = Some(format!("ssh {host}"));
+                return Ok(launched);
             }
         };
-        command.arg(WORKER_FLAG).process_group(0);
-        self.spawn(command, pipe_stderr)
+        command.arg(WORKER_FLAG);
+        self.spawn(command, pipe_stderr, delivery)
     }
 
     /// The worker executable a command or srun launcher names: `remote_program`, else this
@@ -255,8 +279,14 @@ impl Launcher {
         }
     }
 
-    /// Spawns the launch `command` with the protocol's pipes.
-    fn spawn(&self, command: std::process::Command, pipe_stderr: bool) -> io::Result<Launched> {
+    /// Spawns the launch `command` with the protocol's pipes, in a process group of its own.
+    fn spawn(
+        &self,
+        mut command: std::process::Command,
+        pipe_stderr: bool,
+        delivery: Option<Delivery>,
+    ) -> io::Result<Launched> {
+        command.process_group(0);
         let mut command = async_process::Command::from(command);
         command
             .stdin(Stdio::piped())
@@ -279,17 +309,30 @@ impl Launcher {
             input,
             output,
             stderr,
+            delivery,
+            via: match &self.kind {
+                Kind::Local => None,
+                _ => Some(self.program_name()),
+            },
         })
+    }
+
+    /// The launcher's program, as errors name it.
+    fn program_name(&self) -> String {
+        match &self.kind {
+            Kind::Local => current_program().display().to_string(),
+            Kind::Command(program) => program.to_string_lossy().into_owned(),
+            Kind::Srun => "srun".to_string(),
+            Kind::Ssh { .. } => "ssh".to_string(),
+        }
     }
 
     /// An error of the launch, with the launcher named.
     fn explain(&self, err: io::Error) -> io::Error {
-        let program = match &self.kind {
-            Kind::Local => return err,
-            Kind::Command(program) => program.to_string_lossy().into_owned(),
-            Kind::Srun => "srun".to_string(),
-            Kind::Ssh { .. } => "ssh".to_string(),
-        };
+        if self.is_local() {
+            return err;
+        }
+        let program = self.program_name();
         io::Error::new(
             err.kind(),
             format!("could not run the launcher {program}: {err}"),
@@ -314,6 +357,12 @@ pub(crate) struct Launched {
     pub(crate) output: ChildStdout,
     /// Its stderr, when asked for with `pipe_stderr`.
     pub(crate) stderr: Option<ChildStderr>,
+    /// Set when the program is looked for, and copied if missing, on the other side before
+    /// the worker starts: [`copy::deliver`] comes before the handshake.
+    pub(crate) delivery: Option<Delivery>,
+    /// What started it, as start-up errors name it (`ssh node1`, `srun`); `None` for a local
+    /// worker.
+    pub(crate) via: Option<String>,
 }
 
 /// A started worker process, as far as signals and exit go.

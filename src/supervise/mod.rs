@@ -15,6 +15,7 @@ use futures_lite::io::BufReader;
 use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::error::TaskError;
+use crate::launch::copy::{self, Delivery, Undelivered};
 use crate::launch::{Launched, Launcher, Process};
 use crate::protocol::build::target;
 use crate::protocol::{frame, CodecFailure, FromWorker, ToWorker};
@@ -88,6 +89,8 @@ pub(crate) struct WorkerLink {
     stderr: Option<ChildStderr>,
     /// Tells, once its stderr ended, whether it reported an allocation failure.
     out_of_memory: Option<Receiver<bool>>,
+    /// What started it, for start-up errors (see [`Launched::via`]).
+    via: Option<String>,
 }
 
 impl WorkerLink {
@@ -112,6 +115,8 @@ impl Starting {
             input,
             output,
             stderr,
+            delivery,
+            via,
         } = self.launched;
         let mut worker = WorkerLink {
             pid: process.pid(),
@@ -124,16 +129,25 @@ impl Starting {
             memory_limit: self.memory_limit,
             stderr,
             out_of_memory: None,
+            via,
         };
-        let answer = within(HANDSHAKE_TIMEOUT, worker.greet(self.expected_build)).await;
+        let delivered = match &delivery {
+            Some(delivery) => worker.deliver(delivery).await,
+            None => Ok(()),
+        };
+        let answer = match delivered {
+            Ok(()) => within(HANDSHAKE_TIMEOUT, worker.greet(self.expected_build)).await,
+            Err(err) => Some(Err(err)),
+        };
         let err = match answer {
             Some(Ok(())) => return Ok(worker),
             Some(Err(err)) => err,
             None => io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
-                    "worker {} did not answer within {HANDSHAKE_TIMEOUT:?}; {INIT_HINT}",
-                    worker.pid
+                    "{} did not answer within {HANDSHAKE_TIMEOUT:?}; {}",
+                    worker.who(),
+                    worker.hint()
                 ),
             ),
         };
@@ -143,6 +157,41 @@ impl Starting {
 }
 
 impl WorkerLink {
+    /// Has the launcher's side find this program, or receive it (see [`copy`]).
+    async fn deliver(&mut self, delivery: &Delivery) -> io::Result<()> {
+        let who = self.who();
+        match copy::deliver(
+            delivery,
+            &mut self.input,
+            &mut self.output,
+            HANDSHAKE_TIMEOUT,
+        )
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(Undelivered::Ended) => Err(self.exited_during_start_up().await),
+            Err(Undelivered::Failed(err)) => Err(io::Error::new(
+                err.kind(),
+                format!("{who} could not be given this program: {err}"),
+            )),
+        }
+    }
+
+    /// The error of a worker whose launcher exited before the handshake: its status and what
+    /// it said.
+    async fn exited_during_start_up(&mut self) -> io::Error {
+        let who = self.who();
+        let status = match self.process.reap().await {
+            Ok(status) => status.to_string(),
+            Err(err) => err.to_string(),
+        };
+        let said = self.launcher_said().await;
+        io::Error::other(format!(
+            "{who} exited during start-up ({status}){said}; {}",
+            self.hint()
+        ))
+    }
+
     async fn greet(&mut self, expected_build: u64) -> io::Result<()> {
         let hello = frame::frame(&ToWorker::Hello {
             build: expected_build,
@@ -151,21 +200,16 @@ impl WorkerLink {
             remote: self.remote,
             target: target(),
         });
-        let pid = self.pid;
+        let who = self.who();
         let sent = self.input.write_all(&hello).await;
         if !frame::read_frame_async(&mut self.output, &mut self.buf).await? {
-            let status = self.process.reap().await?;
-            let said = self.launcher_said().await;
-            return Err(io::Error::other(format!(
-                "worker {pid} exited during start-up ({status}){said}; {}",
-                self.hint()
-            )));
+            return Err(self.exited_during_start_up().await);
         }
         sent?;
         match frame::split::<FromWorker>(&self.buf) {
             Ok((FromWorker::Hello { build, .. }, _)) if build != expected_build => {
                 Err(io::Error::other(format!(
-                    "worker {pid} runs a different build of the program \
+                    "{who} runs a different build of the program \
                      ({build:016x}, this is {expected_build:016x})"
                 )))
             }
@@ -174,17 +218,17 @@ impl WorkerLink {
                 self.host = Some(host.into());
                 Ok(())
             }
-            Ok((FromWorker::Hello { pid: got, .. }, _)) if got == pid => Ok(()),
+            Ok((FromWorker::Hello { pid: got, .. }, _)) if got == self.pid => Ok(()),
             Ok((FromWorker::Hello { pid: got, .. }, _)) => Err(io::Error::other(format!(
-                "worker {pid} answered the handshake as process {got}: \
+                "{who} answered the handshake as process {got}: \
                  something between the parent and the worker is not the worker it started"
             ))),
             Ok((FromWorker::Refused { reason }, _)) => Err(io::Error::other(format!(
-                "worker {pid} refused to serve: {reason}"
+                "{who} refused to serve: {reason}"
             ))),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("worker {pid} did not answer the handshake; {}", self.hint()),
+                format!("{who} did not answer the handshake; {}", self.hint()),
             )),
         }
     }
@@ -208,6 +252,15 @@ impl WorkerLink {
         let skip = text.chars().count().saturating_sub(LAUNCHER_SAID);
         let tail: String = text.chars().skip(skip).collect();
         format!(": it said \"{}\"", tail.replace('\n', " / "))
+    }
+
+    /// The worker as start-up errors name it: `worker 123`, or `worker 123 (ssh node1)` with
+    /// the pid of its launcher.
+    fn who(&self) -> String {
+        match &self.via {
+            None => format!("worker {}", self.pid),
+            Some(via) => format!("worker {} ({via})", self.pid),
+        }
     }
 
     /// The usual cause of a worker that does not answer.
