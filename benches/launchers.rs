@@ -5,8 +5,8 @@
 //! For each remote launcher (ssh to 127.0.0.1, srun on a single-node Slurm), in one run and
 //! side by side with the raw launcher (`ssh host cat`, `srun cat`) carrying the same bytes:
 //!
-//! 1. start-up: a pool of one worker and its first result, the first time in a process (ssh:
-//!    with the copy of the program made then), and later;
+//! 1. start-up: a pool of one worker and its first result, the first time in a process with
+//!    the copy of the program made then (removed first), and later;
 //! 2. a trivial task's round trip, against a raw 16-byte ping-pong through the launcher;
 //! 3. a 16 MiB `serde_bytes` echo, against a raw 16 MiB echo through the launcher.
 
@@ -116,7 +116,7 @@ fn pool_of(launcher: &Launcher) -> ProcessPool {
 
 fn measure(name: &str, launcher: Launcher, config: &str) {
     let data: Vec<u8> = (0..ECHO_BYTES).map(|i| (i * 7 % 251) as u8).collect();
-    // 1. start-up: the first one in a fresh process (the copy is made there, for ssh)
+    // 1. start-up: the first one in a fresh process (the copy is made there)
     let first = Command::new(std::env::current_exe().unwrap())
         .args(["--first-start", name])
         .output()
@@ -188,24 +188,26 @@ fn main() {
         std::env::set_var("SLURM_CONF", conf);
     }
     if args.get(1).map(String::as_str) == Some("--first-start") {
-        let launcher = match args[2].as_str() {
-            "ssh" => {
-                let config = ssh.unwrap();
-                // Make the copy happen in this start: remove this build's copy first.
-                let pool = pool_of(&ssh_launcher(&config));
+        let launcher = |name: &str| match name {
+            "ssh" => ssh_launcher(ssh.as_deref().unwrap()),
+            _ => Launcher::srun(),
+        };
+        let launcher = match args[2].strip_suffix("-fresh") {
+            Some(name) => launcher(name),
+            None => {
+                // Make the copy happen in the measured start: remove this build's copy first.
+                let pool = pool_of(&launcher(&args[2]));
                 let path = pool.spawn(where_am_i, ()).wait().unwrap();
                 pool.shutdown_blocking();
                 std::fs::remove_file(&path).unwrap();
-                // A fresh process knows no host yet: measure in one.
+                // A fresh process has made no copy yet: measure in one.
                 let out = Command::new(std::env::current_exe().unwrap())
-                    .args(["--first-start", "ssh-fresh"])
+                    .args(["--first-start", &format!("{}-fresh", args[2])])
                     .output()
                     .unwrap();
                 print!("{}", String::from_utf8_lossy(&out.stdout));
                 return;
             }
-            "ssh-fresh" => ssh_launcher(&ssh.unwrap()),
-            _ => Launcher::srun(),
         };
         let start = Instant::now();
         let pool = pool_of(&launcher);
