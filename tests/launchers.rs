@@ -63,6 +63,37 @@ fn abort() -> u32 {
     std::process::abort()
 }
 
+fn on_main_thread(n: u64) -> (u64, bool) {
+    (n, std::thread::current().name() == Some("main"))
+}
+
+/// The input goes back and forth between a remote worker's two threads at every job: jobs
+/// back to back all run, in order, on the main thread; a cancel sent right behind a job (its
+/// stop may sit in the main thread's buffer) still stops the worker, and the pool serves on.
+async fn jobs_back_to_back_and_cancels_right_behind_them() {
+    for launcher in [shell(), relay()] {
+        let pool = ProcessPool::builder()
+            .workers(1)
+            .launcher(launcher)
+            .build()
+            .unwrap();
+        for n in 0..300 {
+            assert_eq!(pool.spawn(on_main_thread, n).await.unwrap(), (n, true));
+        }
+        for round in 0..10 {
+            let task = pool
+                .task(spin)
+                .cancel_timeout(Duration::from_millis(100))
+                .spawn(());
+            // Cancelled as soon as it started, or before: either way it ends cancelled.
+            eventually("the task starts", || task.pid().is_some() || round % 2 == 1).await;
+            task.cancel_and_wait().await;
+            assert_eq!(pool.spawn(add, (round, 1)).await.unwrap(), round + 1);
+        }
+        pool.shutdown().await;
+    }
+}
+
 async fn results_and_metadata_through_a_shell() {
     let pool = ProcessPool::builder()
         .workers(2)
@@ -229,6 +260,7 @@ fn main() {
         a_copy_of_this_build_serves_and_another_build_is_refused,
         a_launcher_that_cannot_run_fails_tasks_clearly,
         isolated_runs_each_call_in_a_fresh_remote_process,
+        jobs_back_to_back_and_cancels_right_behind_them,
     ];
     common::main_with(common::trials_under(
         &[Runtime::Smol, Runtime::TokioMultiThread],

@@ -85,6 +85,20 @@ impl ParentLink {
         }
     }
 
+    /// Takes `body`, a frame read elsewhere, as the last frame read, and decodes its header.
+    pub(super) fn take_frame(&mut self, body: Vec<u8>) -> Result<ToWorker, String> {
+        self.frame = body;
+        let (header, payload) = frame::split(&self.frame)
+            .map_err(|e| format!("undecodable message from the parent: {e}"))?;
+        self.payload_start = self.frame.len() - payload.len();
+        Ok(header)
+    }
+
+    /// Whether frames wait in the buffer, where only this thread can see them.
+    pub(super) fn has_buffered_input(&self) -> bool {
+        !self.input.buffer().is_empty()
+    }
+
     /// The body of the last frame read, and where its payload starts.
     pub(super) fn last_frame(&self) -> (&[u8], usize) {
         (&self.frame, self.payload_start)
@@ -97,13 +111,8 @@ impl ParentLink {
 
     /// Writes a complete frame.
     pub(super) fn write(&mut self, frame: &[u8]) -> Result<(), String> {
-        write_to(&mut self.output, frame)
+        self.output
+            .write_all(frame)
+            .map_err(|e| format!("could not write to the parent: {e}"))
     }
-}
-
-/// Writes a complete frame to the parent.
-pub(super) fn write_to(output: &mut File, frame: &[u8]) -> Result<(), String> {
-    output
-        .write_all(frame)
-        .map_err(|e| format!("could not write to the parent: {e}"))
 }

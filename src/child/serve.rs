@@ -1,25 +1,23 @@
 //! The worker's life: the handshake, then one task at a time until the parent lets it go.
 //!
-//! A local worker reads its input on its main thread, between tasks. A remote worker (started
-//! by a launcher other than a local exec) hands its input to a control thread, which passes
-//! jobs on and, while a task runs, still hears the parent: `Stop` (`SIGTERM` to the worker's
+//! A worker reads its input on its main thread between tasks, and runs tasks there. A remote
+//! worker (started by a launcher other than a local exec) lends its input to a control thread
+//! while a task runs, so that it still hears the parent: `Stop` (`SIGTERM` to the worker's
 //! process group, `SIGKILL` after the grace) and the end of input (the parent, the ssh client
 //! or the srun process is gone: the whole group is killed at once, even in the middle of a
-//! task), since no signal of the parent's can reach it there.
+//! task), since no signal of the parent's can reach it there. The input comes back once the
+//! reply is written, while the reply and the next job are on their way, so a job never waits
+//! for a thread to be woken.
 
 use std::fs::File;
-use std::io::BufReader;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::link::{write_to, ParentLink};
+use super::link::ParentLink;
 use crate::protocol::build::{build_id, content_id, target};
 use crate::protocol::{entry, frame, CodecFailure, FromWorker, ToWorker};
 use crate::sys::panic::{self, Panic};
 use crate::sys::signal::Signal;
-
-/// How long an idle remote worker looks for its next job before it sleeps.
-const SPIN: Duration = Duration::from_micros(100);
 
 /// Serves the parent on this process's stdin and stdout until it says `Shutdown` or goes away.
 pub(super) fn serve() -> Result<(), String> {
@@ -105,106 +103,148 @@ fn serve_locally(mut link: ParentLink) -> Result<(), String> {
     }
 }
 
-/// What the control thread passes to the main thread.
-enum Mail {
-    Run {
-        id: u64,
-        entry: u64,
-        /// The frame's body; the arguments start at `payload_start`.
-        body: Vec<u8>,
-        payload_start: usize,
-    },
-    Shutdown,
-}
-
-/// One task at a time, with the input on a control thread (see the module docs).
-fn serve_remotely(link: ParentLink) -> Result<(), String> {
-    let ParentLink {
-        input, mut output, ..
-    } = link;
-    let (mail, inbox) = mpsc::channel();
-    let (recycle, used) = mpsc::channel();
+/// One task at a time, read on this thread between tasks; while a task runs, the control
+/// thread reads (see the module docs), and hands back the input once the reply is written.
+/// Tasks always run on the main thread, and no job waits for a thread to wake up.
+fn serve_remotely(mut link: ParentLink) -> Result<(), String> {
+    let input = link
+        .input
+        .get_ref()
+        .try_clone()
+        .map_err(|e| format!("could not copy its input descriptor: {e}"))?;
+    let (wake_read, wake) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| format!("could not make its wake-up pipe: {e}"))?;
+    let (turn, turns) = mpsc::channel::<()>();
+    let (hand_back, handed_back) = mpsc::channel::<Option<Vec<u8>>>();
     std::thread::Builder::new()
         .name("offload-control".into())
-        .spawn(move || control(input, mail, used))
+        .spawn(move || control(input, wake_read, turns, hand_back))
         .map_err(|e| format!("could not start its control thread: {e}"))?;
     let mut reply = Vec::new();
+    // A frame the control thread read after the last reply: the next job.
+    let mut next: Option<Vec<u8>> = None;
     loop {
-        match next_mail(&inbox) {
-            Some(Mail::Run {
-                id,
-                entry,
-                body,
-                payload_start,
-            }) => {
-                frame::shrink_for(&mut reply, body.len());
-                run(id, entry, &body[payload_start..], &mut reply);
-                write_to(&mut output, &reply)?;
-                let _ = recycle.send(body);
-            }
-            Some(Mail::Shutdown) | None => return Ok(()),
-        }
-    }
-}
-
-/// The next mail, looked for during [`SPIN`] before sleeping on it.
-fn next_mail(inbox: &mpsc::Receiver<Mail>) -> Option<Mail> {
-    let started = Instant::now();
-    while started.elapsed() < SPIN {
-        match inbox.try_recv() {
-            Ok(mail) => return Some(mail),
-            Err(mpsc::TryRecvError::Disconnected) => return None,
-            Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
-        }
-    }
-    inbox.recv().ok()
-}
-
-/// The control thread: reads every frame from the parent; jobs go to the main thread, `Stop`
-/// and the end of input are acted on here, whatever the main thread is doing.
-fn control(mut input: BufReader<File>, mail: mpsc::Sender<Mail>, used: mpsc::Receiver<Vec<u8>>) {
-    loop {
-        let mut body = used.try_recv().unwrap_or_default();
-        match frame::read_frame(&mut input, &mut body) {
-            Ok(true) => {}
+        let header = match next.take() {
+            Some(body) => Some(link.take_frame(body)?),
+            None => link.receive()?,
+        };
+        let (id, entry) = match header {
             // The parent, or the connection to it, is gone: nothing may be left running.
-            Ok(false) | Err(_) => kill_group(Signal::KILL),
+            None => kill_all(),
+            Some(ToWorker::Shutdown) => return Ok(()),
+            // A stop that crossed the end of its task: the parent expects this worker to go.
+            Some(ToWorker::Stop { grace_ms }) => stop_group(grace_ms),
+            Some(ToWorker::Run { id, entry }) => (id, entry),
+            Some(other) => return Err(format!("unexpected message {other:?}")),
+        };
+        // What came right behind the job is in this thread's buffer, out of the control
+        // thread's sight: only a stop may come there, and it is obeyed before the job starts.
+        if link.has_buffered_input() {
+            let mut behind = Vec::new();
+            match frame::read_frame(&mut link.input, &mut behind) {
+                Ok(true) => obey(&behind),
+                Ok(false) | Err(_) => kill_all(),
+            }
         }
-        match frame::split::<ToWorker>(&body) {
-            Ok((ToWorker::Run { id, entry }, payload)) => {
-                let payload_start = body.len() - payload.len();
-                let _ = mail.send(Mail::Run {
-                    id,
-                    entry,
-                    body,
-                    payload_start,
-                });
+        if turn.send(()).is_err() {
+            return Err("its control thread ended".into());
+        }
+        let (body, payload_start) = link.last_frame();
+        frame::shrink_for(&mut reply, body.len());
+        run(id, entry, &body[payload_start..], &mut reply);
+        link.write(&reply)?;
+        // Take the input back: wake the control thread and wait until it lets go.
+        rustix::io::write(&wake, &[1])
+            .map_err(|e| format!("could not wake its control thread: {e}"))?;
+        next = handed_back
+            .recv()
+            .map_err(|_| "its control thread ended".to_string())?;
+    }
+}
+
+/// The control thread: while a task runs on the main thread, reads what the parent sends and
+/// obeys `Stop` and the end of input at once, whatever the task is doing. Frames are read
+/// unbuffered, so that no byte meant for the main thread is taken; a job (sent once the reply
+/// is on its way) is kept and handed back with the input.
+fn control(
+    mut input: File,
+    wake: rustix::fd::OwnedFd,
+    turns: mpsc::Receiver<()>,
+    hand_back: mpsc::Sender<Option<Vec<u8>>>,
+) {
+    use rustix::event::{PollFd, PollFlags};
+    while turns.recv().is_ok() {
+        let mut next = None;
+        loop {
+            let mut fds = [
+                PollFd::new(&wake, PollFlags::IN),
+                PollFd::new(&input, PollFlags::IN),
+            ];
+            // Once a job is kept, only the wake-up is waited for.
+            let watched = if next.is_some() { 1 } else { 2 };
+            if rustix::event::poll(&mut fds[..watched], None).is_err() {
+                continue; // interrupted
             }
-            Ok((ToWorker::Shutdown, _)) => {
-                let _ = mail.send(Mail::Shutdown);
-                return;
+            if !fds[0].revents().is_empty() {
+                let _ = rustix::io::read(&wake, &mut [0; 1]);
+                break;
             }
-            Ok((ToWorker::Stop { grace_ms }, _)) => {
-                kill_group(Signal::TERM);
-                std::thread::sleep(Duration::from_millis(grace_ms));
-                kill_group(Signal::KILL);
+            if fds[1].revents().is_empty() {
+                continue;
             }
-            Ok((other, _)) => {
-                eprintln!("offload worker: unexpected message {other:?}");
-                kill_group(Signal::KILL);
+            let mut body = Vec::new();
+            match frame::read_frame(&mut input, &mut body) {
+                Ok(true) => {}
+                // The parent, or the connection to it, is gone: nothing may be left running.
+                Ok(false) | Err(_) => kill_all(),
             }
-            Err(e) => {
-                eprintln!("offload worker: undecodable message from the parent: {e}");
-                kill_group(Signal::KILL);
+            match frame::split::<ToWorker>(&body) {
+                Ok((ToWorker::Run { .. } | ToWorker::Shutdown, _)) => next = Some(body),
+                _ => obey(&body),
             }
+        }
+        if hand_back.send(next).is_err() {
+            return;
         }
     }
+}
+
+/// Acts on a frame that may come while a task runs: `Stop`; anything else breaks the
+/// protocol, and the worker goes with everything it started.
+fn obey(body: &[u8]) {
+    match frame::split::<ToWorker>(body) {
+        Ok((ToWorker::Stop { grace_ms }, _)) => stop_group(grace_ms),
+        Ok((other, _)) => {
+            eprintln!("offload worker: unexpected message {other:?} while running a task");
+            kill_all()
+        }
+        Err(e) => {
+            eprintln!("offload worker: undecodable message from the parent: {e}");
+            kill_all()
+        }
+    }
+}
+
+/// `SIGTERM` to the process group, then `SIGKILL` after `grace_ms`: the same sequence as the
+/// parent applies to a local worker. Does not return: the group includes this process.
+fn stop_group(grace_ms: u64) -> ! {
+    kill_group(Signal::TERM);
+    std::thread::sleep(Duration::from_millis(grace_ms));
+    kill_all()
 }
 
 /// Sends `signal` to this worker's process group: itself and every process its tasks started
 /// that stayed in the group.
 fn kill_group(signal: Signal) {
     let _ = rustix::process::kill_current_process_group(signal);
+}
+
+/// `SIGKILL` to the whole process group, this process included.
+fn kill_all() -> ! {
+    kill_group(Signal::KILL);
+    // A signal a process sends its own group is delivered before `kill` returns; should the
+    // group not be signalled at all, this process still goes.
+    std::process::abort()
 }
 
 /// Dies with the parent: a local worker gets `SIGKILL` when the process that started it exits
