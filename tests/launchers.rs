@@ -46,6 +46,14 @@ sys.exit(worker.wait())
     Launcher::command("python3").args(["-c", RELAY])
 }
 
+fn pool(workers: usize, launcher: Launcher) -> ProcessPool {
+    ProcessPool::builder()
+        .workers(workers)
+        .launcher(launcher)
+        .build()
+        .unwrap()
+}
+
 fn whoami() -> (u32, u32) {
     let ppid = std::os::unix::process::parent_id();
     (std::process::id(), ppid)
@@ -72,11 +80,7 @@ fn on_main_thread(n: u64) -> (u64, bool) {
 /// stop may sit in the main thread's buffer) still stops the worker, and the pool serves on.
 async fn jobs_back_to_back_and_cancels_right_behind_them() {
     for launcher in [shell(), relay()] {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .launcher(launcher)
-            .build()
-            .unwrap();
+        let pool = pool(1, launcher);
         for n in 0..300 {
             assert_eq!(pool.spawn(on_main_thread, n).await.unwrap(), (n, true));
         }
@@ -95,11 +99,7 @@ async fn jobs_back_to_back_and_cancels_right_behind_them() {
 }
 
 async fn results_and_metadata_through_a_shell() {
-    let pool = ProcessPool::builder()
-        .workers(2)
-        .launcher(shell())
-        .build()
-        .unwrap();
+    let pool = pool(2, shell());
     assert_eq!(pool.spawn(add, (40, 2)).await.unwrap(), 42);
     let mut task = pool.spawn(whoami, ());
     let (pid, ppid) = (&mut task).await.unwrap();
@@ -121,11 +121,7 @@ async fn results_and_metadata_through_a_shell() {
 
 async fn cancel_stops_the_worker_and_what_its_task_started() {
     for launcher in [shell(), relay()] {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .launcher(launcher)
-            .build()
-            .unwrap();
+        let pool = pool(1, launcher);
         let dir = temp_dir("launcher-cancel");
         let path = dir.join("sleeper");
         let task = pool
@@ -148,11 +144,7 @@ async fn cancel_stops_the_worker_and_what_its_task_started() {
 }
 
 async fn timeout_and_crash_fail_their_task_and_the_worker_is_replaced() {
-    let pool = ProcessPool::builder()
-        .workers(1)
-        .launcher(relay())
-        .build()
-        .unwrap();
+    let pool = pool(1, relay());
     let mut timed_out = pool
         .task(spin)
         .timeout(Duration::from_millis(100))
@@ -171,11 +163,7 @@ async fn timeout_and_crash_fail_their_task_and_the_worker_is_replaced() {
 }
 
 async fn a_killed_launcher_fails_the_task_and_leaves_nothing_running() {
-    let pool = ProcessPool::builder()
-        .workers(1)
-        .launcher(relay())
-        .build()
-        .unwrap();
+    let pool = pool(1, relay());
     let dir = temp_dir("launcher-killed");
     let path = dir.join("sleeper");
     let mut task = pool.spawn(sleeper_then_spin, path.clone());
@@ -204,11 +192,7 @@ async fn a_copy_of_this_build_serves_and_another_build_is_refused() {
     let dir = temp_dir("launcher-builds");
     let copy = dir.join("copy");
     std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
-    let pool = ProcessPool::builder()
-        .workers(1)
-        .launcher(shell().remote_program(&copy))
-        .build()
-        .unwrap();
+    let pool = pool(1, shell().remote_program(&copy));
     assert_eq!(
         pool.spawn(add, (5, 5)).await.unwrap(),
         10,
@@ -218,11 +202,7 @@ async fn a_copy_of_this_build_serves_and_another_build_is_refused() {
 
     // The same program with another build-id: another build.
     let other = another_build(&dir);
-    let pool = ProcessPool::builder()
-        .workers(1)
-        .launcher(shell().remote_program(&other))
-        .build()
-        .unwrap();
+    let pool = self::pool(1, shell().remote_program(&other));
     let err = pool.spawn(add, (1, 1)).await.unwrap_err();
     assert!(err.is_spawn(), "{err}");
     assert!(err.to_string().contains("another build"), "{err}");

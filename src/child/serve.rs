@@ -142,7 +142,7 @@ fn serve_remotely(mut link: ParentLink) -> Result<(), String> {
         if link.has_buffered_input() {
             let mut behind = Vec::new();
             match frame::read_frame(&mut link.input, &mut behind) {
-                Ok(true) => obey(&behind),
+                Ok(true) => obey(frame::split(&behind)),
                 Ok(false) | Err(_) => kill_all(),
             }
         }
@@ -200,7 +200,7 @@ fn control(
             }
             match frame::split::<ToWorker>(&body) {
                 Ok((ToWorker::Run { .. } | ToWorker::Shutdown, _)) => next = Some(body),
-                _ => obey(&body),
+                other => obey(other),
             }
         }
         if hand_back.send(next).is_err() {
@@ -209,10 +209,10 @@ fn control(
     }
 }
 
-/// Acts on a frame that may come while a task runs: `Stop`; anything else breaks the
-/// protocol, and the worker goes with everything it started.
-fn obey(body: &[u8]) {
-    match frame::split::<ToWorker>(body) {
+/// Acts on a frame (decoded) that may come while a task runs: `Stop`; anything else breaks
+/// the protocol, and the worker goes with everything it started.
+fn obey(frame: Result<(ToWorker, &[u8]), String>) -> ! {
+    match frame {
         Ok((ToWorker::Stop { grace_ms }, _)) => stop_group(grace_ms),
         Ok((other, _)) => {
             eprintln!("offload worker: unexpected message {other:?} while running a task");

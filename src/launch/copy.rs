@@ -40,7 +40,7 @@ const COPY_TIMEOUT: Duration = Duration::from_secs(600);
 const CHATTER: usize = 64 * 1024;
 
 /// How old, in days, a copy of another build gets before a new copy removes it.
-pub(crate) const KEEP_DAYS: u32 = 30;
+const KEEP_DAYS: u32 = 30;
 
 /// What the other side says on stdout.
 const READY: &str = "offload-ready";

@@ -220,7 +220,8 @@ impl Launcher {
     /// in its own process group so that a terminal's Ctrl-C reaches only the parent, which
     /// decides what workers do.
     pub(crate) fn start(&self, pipe_stderr: bool) -> io::Result<Launched> {
-        let mut delivery = None;
+        // Without a remote program named, ssh and srun workers find or receive their copy.
+        let copying = self.remote_program.is_none();
         let mut command = match &self.kind {
             Kind::Local => std::process::Command::new(current_program()),
             Kind::Command(program) => {
@@ -235,13 +236,10 @@ impl Launcher {
                     command.arg("--overlap");
                 }
                 command.args(&self.args);
-                if self.remote_program.is_none() {
+                if copying {
                     // Steps may land on any node: each start looks for the copy on its own.
-                    let mut destination = vec![OsString::from("srun")];
-                    destination.extend(self.args.iter().cloned());
-                    delivery = Some(Delivery::new(destination));
                     command.args(["sh", "-c", &copy::script()?]);
-                    return self.spawn(command, pipe_stderr, delivery);
+                    return self.spawn(command, pipe_stderr, None, copying);
                 }
                 command.arg(self.program_elsewhere()?);
                 command
@@ -252,22 +250,14 @@ impl Launcher {
                 command.args(ssh::base_options()).args(&self.args).arg(host);
                 match &self.remote_program {
                     Some(program) => command.arg(ssh::worker_command(program)),
-                    None => {
-                        let mut destination = vec![OsString::from("ssh")];
-                        destination.extend(self.args.iter().cloned());
-                        destination.push(host.into());
-                        delivery = Some(Delivery::new(destination));
-                        command.arg(ssh::copying_worker_command()?)
-                    }
+                    None => command.arg(ssh::copying_worker_command()?),
                 };
                 // The worker line, already complete: the flag below is not added again.
-                let mut launched = self.spawn(command, pipe_stderr, delivery)?;
-                launched.via = Some(format!("ssh {host}"));
-                return Ok(launched);
+                return self.spawn(command, pipe_stderr, Some(host), copying);
             }
         };
         command.arg(WORKER_FLAG);
-        self.spawn(command, pipe_stderr, delivery)
+        self.spawn(command, pipe_stderr, None, false)
     }
 
     /// The worker executable a command or srun launcher names: `remote_program`, else this
@@ -279,12 +269,14 @@ impl Launcher {
         }
     }
 
-    /// Spawns the launch `command` with the protocol's pipes, in a process group of its own.
+    /// Spawns the launch `command` with the protocol's pipes, in a process group of its own;
+    /// `host` is the one it reaches (ssh), and `copying` says it runs the copy script.
     fn spawn(
         &self,
         mut command: std::process::Command,
         pipe_stderr: bool,
-        delivery: Option<Delivery>,
+        host: Option<&str>,
+        copying: bool,
     ) -> io::Result<Launched> {
         command.process_group(0);
         let mut command = async_process::Command::from(command);
@@ -309,10 +301,17 @@ impl Launcher {
             input,
             output,
             stderr,
-            delivery,
-            via: match &self.kind {
-                Kind::Local => None,
-                _ => Some(self.program_name()),
+            // One destination: the launcher, its options and the host.
+            delivery: copying.then(|| {
+                let mut destination = vec![OsString::from(self.program_name())];
+                destination.extend(self.args.iter().cloned());
+                destination.extend(host.map(OsString::from));
+                Delivery::new(destination)
+            }),
+            via: match (&self.kind, host) {
+                (Kind::Local, _) => None,
+                (_, Some(host)) => Some(format!("{} {host}", self.program_name())),
+                (_, None) => Some(self.program_name()),
             },
         })
     }
