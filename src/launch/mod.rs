@@ -297,7 +297,11 @@ impl Launcher {
         widen_pipe(&output);
         let stderr = child.stderr.take();
         Ok(Launched {
-            process: Process { child, pidfd },
+            process: Process {
+                child,
+                pidfd,
+                reaped: false,
+            },
             input,
             output,
             stderr,
@@ -365,10 +369,18 @@ pub(crate) struct Launched {
 }
 
 /// A started worker process, as far as signals and exit go.
+///
+/// The process leads a process group of its own, and every signal goes to that whole group,
+/// so that what a task started (`sleep`, a compiler) goes with its worker. Signals are sent
+/// only while the process is unreaped, which keeps its pid, the group's number, from being
+/// given to another process (see `sys::signal`); reaping comes last, after a final `SIGKILL`
+/// to whatever is left of the group.
 pub(crate) struct Process {
     child: Child,
     /// Opened right after the spawn, before anything could reap the child.
     pidfd: Pidfd,
+    /// Set once the exit status was collected: no signal may be sent from then on.
+    reaped: bool,
 }
 
 impl Process {
@@ -378,29 +390,45 @@ impl Process {
     }
 
     /// The first signal of a stop, which needs no waiting: `SIGTERM`, or `SIGKILL` for a zero
-    /// grace.
+    /// grace, to the whole group.
     pub(crate) fn signal_stop(&self, grace: Duration) {
         let first = match grace.is_zero() {
             true => Signal::KILL,
             false => Signal::TERM,
         };
-        let _ = self.pidfd.signal(first);
+        if !self.reaped {
+            let _ = self.pidfd.signal_group(first);
+        }
     }
 
-    /// `SIGKILL`. Only ever sent before the process is reaped (the pidfd names it alone).
+    /// `SIGKILL` to the whole group.
     pub(crate) fn kill(&self) {
-        let _ = self.pidfd.signal(Signal::KILL);
+        if !self.reaped {
+            let _ = self.pidfd.signal_group(Signal::KILL);
+        }
     }
 
-    /// Waits for the exit and reaps.
+    /// Kills what is left of the group, waits for the exit and reaps.
     pub(crate) async fn reap(&mut self) -> io::Result<ExitStatus> {
-        self.child.status().await
+        self.kill();
+        let status = self.child.status().await;
+        self.reaped = true;
+        status
     }
 
-    /// Waits up to `limit` for the exit; reaps and returns the status if it came.
+    /// Waits up to `limit` for the exit; then kills what is left of the group, reaps, and
+    /// returns the status.
     pub(crate) async fn exit_within(&mut self, limit: Duration) -> Option<io::Result<ExitStatus>> {
-        // Dropping `status()` before it returns reaps nothing, so the pidfd stays valid.
-        within(limit, self.child.status()).await
+        within(limit, self.pidfd.exited()).await?;
+        Some(self.reap().await)
+    }
+}
+
+impl Drop for Process {
+    /// A worker dropped unreaped (its driver is gone) takes its group with it; `kill_on_drop`
+    /// then reaps it in the background.
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

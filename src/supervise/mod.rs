@@ -422,7 +422,8 @@ impl WorkerLink {
         if !wait.is_zero() && self.process.exit_within(wait).await.is_some() {
             return;
         }
-        // Not reaped yet (no status was returned), so the signal reaches this process alone.
+        // Not reaped yet (no status was returned), so the group's number is still this
+        // worker's: the signal reaches its group alone.
         self.process.kill();
         let _ = self.process.reap().await;
     }

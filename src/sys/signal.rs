@@ -1,9 +1,11 @@
-//! Signalling one child process through a pidfd.
+//! Signalling the process group a child leads, and waiting for the child's exit without
+//! reaping it.
 //!
-//! A pidfd names one process, not a number, so a signal sent through it can never reach
-//! another process that was later given the same pid. Where pidfds are missing (old kernels,
-//! other Unixes), `kill(2)` is used, and only while the child is unreaped in our hands, which
-//! keeps its pid from being recycled.
+//! A group is signalled by its number, which is the leader's pid, and only while the leader
+//! is unreaped in our hands: an unreaped child keeps its pid, so no other process can be given
+//! that number or lead a group of that number. That is why a child is waited for through a
+//! pidfd, which turns readable at its exit without reaping it ([`Pidfd::exited`]), until its
+//! group has had its last signal.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -11,7 +13,7 @@ use std::os::fd::OwnedFd;
 use rustix::process::Pid;
 pub(crate) use rustix::process::Signal;
 
-/// A handle for signalling one child process.
+/// A child process that leads a process group of its own: its group's signals, and its exit.
 pub(crate) struct Pidfd {
     pid: u32,
     fd: Option<OwnedFd>,
@@ -29,19 +31,39 @@ impl Pidfd {
         Pidfd { pid, fd }
     }
 
-    /// Sends `signal`. A process that already exited is not an error.
-    pub(crate) fn signal(&self, signal: Signal) -> io::Result<()> {
-        let sent = match &self.fd {
-            #[cfg(any(target_os = "linux", target_os = "android"))]
-            Some(fd) => rustix::process::pidfd_send_signal(fd, signal),
-            _ => match Pid::from_raw(self.pid as i32) {
-                Some(pid) => rustix::process::kill_process(pid, signal),
-                None => return Ok(()),
-            },
+    /// Sends `signal` to the process group the child leads (it was started with
+    /// `process_group(0)`), the child included. Must only be called before the child is
+    /// reaped (see the module docs). A group with no live member left is not an error.
+    pub(crate) fn signal_group(&self, signal: Signal) -> io::Result<()> {
+        let Some(pid) = Pid::from_raw(self.pid as i32) else {
+            return Ok(());
         };
-        match sent {
+        match rustix::process::kill_process_group(pid, signal) {
             Err(rustix::io::Errno::SRCH) => Ok(()),
             other => other.map_err(io::Error::from),
+        }
+    }
+
+    /// Waits until the child has exited, without reaping it: the pidfd turns readable then.
+    /// Without a pidfd, the child's state is looked at every millisecond.
+    pub(crate) async fn exited(&self) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(readable) = self
+            .fd
+            .as_ref()
+            .and_then(|fd| fd.try_clone().ok())
+            .and_then(|fd| async_io::Async::new(fd).ok())
+        {
+            let _ = readable.readable().await;
+            return;
+        }
+        let Some(pid) = Pid::from_raw(self.pid as i32) else {
+            return;
+        };
+        use rustix::process::{waitid, WaitId, WaitIdOptions};
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+        while let Ok(None) = waitid(WaitId::Pid(pid), options) {
+            async_io::Timer::after(std::time::Duration::from_millis(1)).await;
         }
     }
 }
@@ -52,20 +74,45 @@ mod tests {
     use std::os::unix::process::ExitStatusExt;
 
     #[test]
-    fn signals_reach_the_child_and_a_signal_after_reaping_reaches_no_one() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
+    fn a_group_is_signalled_whole_and_an_exit_is_seen_without_reaping() {
+        use std::os::unix::process::CommandExt;
+        // A shell leading its own group, with a grandchild in that group.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let grandchild: u32 = line.trim().parse().unwrap();
         let pidfd = Pidfd::open(child.id());
-        #[cfg(target_os = "linux")]
-        assert!(pidfd.fd.is_some(), "Linux signals through a pidfd");
-        pidfd.signal(Signal::TERM).unwrap();
-        let status = child.wait().unwrap();
-        assert_eq!(status.signal(), Some(Signal::TERM.as_raw()));
-        assert!(!std::path::Path::new(&format!("/proc/{}", child.id())).exists());
-        // The pidfd names the reaped process: signalling it now reaches no one.
-        #[cfg(target_os = "linux")]
-        pidfd.signal(Signal::KILL).unwrap();
+        pidfd.signal_group(Signal::KILL).unwrap();
+        futures_lite::future::block_on(pidfd.exited());
+        // Exited but not reaped: still a zombie, so its number still names the group.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+        assert!(
+            stat[stat.rfind(')').unwrap()..].starts_with(") Z"),
+            "{stat}"
+        );
+        assert_eq!(child.wait().unwrap().signal(), Some(Signal::KILL.as_raw()));
+        // The grandchild got the signal too (it is gone, or a zombie waiting for init).
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{grandchild}/stat")).map_or(true, |stat| {
+                stat[stat.rfind(')').unwrap()..].starts_with(") Z")
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !gone() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the grandchild lives on"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
