@@ -66,6 +66,15 @@ pub enum TaskError {
     /// The worker broke the protocol (malformed, oversized or unexpected frame); it was killed
     /// and replaced.
     Protocol(String),
+    /// No worker could start for the task: the pool's
+    /// [`init`](crate::PoolBuilder::init) failed in 3 workers in a row, and the pool is
+    /// backing off before it tries again (see
+    /// [`PoolBuilder::init`](crate::PoolBuilder::init)).
+    InitFailed {
+        /// What went wrong: the initializer's own error text, its panic, how its worker
+        /// ended, or the timeout it ran past.
+        message: String,
+    },
 }
 
 impl TaskError {
@@ -112,6 +121,11 @@ impl TaskError {
     /// Returns `true` for [`TaskError::Protocol`].
     pub fn is_protocol(&self) -> bool {
         matches!(self, TaskError::Protocol(_))
+    }
+
+    /// Returns `true` for [`TaskError::InitFailed`].
+    pub fn is_init_failed(&self) -> bool {
+        matches!(self, TaskError::InitFailed { .. })
     }
 }
 
@@ -169,6 +183,12 @@ impl fmt::Display for TaskError {
             TaskError::PoolClosed => f.write_str("the process pool is closed"),
             TaskError::Spawn(err) => write!(f, "could not start a worker process: {err}"),
             TaskError::Protocol(msg) => write!(f, "worker broke the protocol: {msg}"),
+            TaskError::InitFailed { message } => {
+                write!(
+                    f,
+                    "no worker could start: its initializer failed: {message}"
+                )
+            }
         }
     }
 }

@@ -115,10 +115,12 @@ pub use crate::default::{
 };
 pub use crate::error::{Error, TaskError};
 pub use crate::executor::{Executor, Isolated, MAX_PROCS_ENV, MAX_PROCS_LIMIT};
-pub use crate::func::{AsyncTaskFn, TaskFn};
+pub use crate::func::{AsyncTaskFn, InitFn, InitOutput, TaskFn};
 pub use crate::launch::Launcher;
 pub use crate::map::{Map, MapUnordered};
-pub use crate::pool::{PoolBuilder, PoolStats, ProcessPool, TaskBuilder};
+pub use crate::pool::{
+    PoolBuilder, PoolStats, ProcessPool, TaskBuilder, DEFAULT_IDLE_TIMEOUT, DEFAULT_INIT_TIMEOUT,
+};
 pub use crate::protocol::MAX_FRAME_LEN;
 pub use crate::scope::TaskScope;
 pub use crate::task::{ProcessTask, TaskInfo, TaskStatus};

@@ -76,6 +76,8 @@ pub trait TaskFn<M>: sealed::Sealed<M> + Copy + Send + Sync + 'static {
 mod sealed {
     pub trait Sealed<M> {}
     pub trait SealedAsync<M> {}
+    pub trait SealedInit<M> {}
+    pub trait SealedOutput {}
 }
 
 /// An async function that can run in a worker process, on `async_io::block_on` there.
@@ -110,6 +112,84 @@ pub trait AsyncTaskFn<M>: sealed::SealedAsync<M> + Copy + Send + Sync + 'static 
     /// Calls the function.
     #[doc(hidden)]
     fn call(self, args: Self::Args) -> Self::Future;
+}
+
+/// A worker initializer: a function of no arguments, run once in every worker before its
+/// first task (see [`PoolBuilder::init`](crate::PoolBuilder::init)).
+///
+/// It is implemented for every function item and non-capturing closure of no parameters that
+/// returns `()` or `Result<(), E>` with `E: Display` (see [`InitOutput`]). As for
+/// [`TaskFn`], a capturing closure is refused when the program is built.
+///
+/// This trait is sealed: only the blanket implementation exists.
+///
+/// # Examples
+///
+/// ```no_run
+/// # offload::init();
+/// use std::sync::OnceLock;
+///
+/// static TABLE: OnceLock<Vec<u64>> = OnceLock::new();
+///
+/// fn load_table() -> Result<(), String> {
+///     TABLE.set((0..1000).collect()).map_err(|_| "loaded twice".to_string())
+/// }
+///
+/// let pool = offload::ProcessPool::builder().init(load_table).build()?;
+/// # Ok::<(), offload::Error>(())
+/// ```
+pub trait InitFn<M>: sealed::SealedInit<M> + Copy + Send + Sync + 'static {
+    /// What the function returns.
+    type Output: InitOutput;
+
+    /// Calls the function.
+    #[doc(hidden)]
+    fn call(self) -> Self::Output;
+}
+
+impl<F, R> sealed::SealedInit<fn() -> R> for F where F: Fn() -> R {}
+impl<F, R> InitFn<fn() -> R> for F
+where
+    F: Fn() -> R + Copy + Send + Sync + 'static,
+    R: InitOutput,
+{
+    type Output = R;
+
+    fn call(self) -> R {
+        self()
+    }
+}
+
+/// What a worker initializer may return: `()`, or `Result<(), E>` whose error is shown with
+/// `Display` in [`TaskError::InitFailed`](crate::TaskError::InitFailed).
+///
+/// This trait is sealed: only the implementations below exist.
+///
+/// # Examples
+///
+/// ```
+/// use offload::InitOutput;
+///
+/// assert_eq!(().into_result(), Ok(()));
+/// assert_eq!(Err::<(), _>("no GPU").into_result(), Err("no GPU".to_string()));
+/// ```
+pub trait InitOutput: sealed::SealedOutput {
+    /// The outcome, with the error as its `Display` text.
+    fn into_result(self) -> Result<(), String>;
+}
+
+impl sealed::SealedOutput for () {}
+impl InitOutput for () {
+    fn into_result(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: std::fmt::Display> sealed::SealedOutput for Result<(), E> {}
+impl<E: std::fmt::Display> InitOutput for Result<(), E> {
+    fn into_result(self) -> Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
 }
 
 /// Implements [`TaskFn`] and [`AsyncTaskFn`] for functions of the given parameters, passed as

@@ -6,7 +6,7 @@ use std::cell::Cell;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{AsyncTaskFn, TaskFn};
+use super::{AsyncTaskFn, InitFn, InitOutput, TaskFn};
 use crate::protocol::chunk::{
     begin_segment, end_segment, Segments, ITEM_DECODE, ITEM_ENCODE, ITEM_OK, ITEM_PANICKED,
 };
@@ -31,6 +31,12 @@ pub(crate) fn entry_of_async<F: AsyncTaskFn<M>, M>() -> u64 {
 pub(crate) fn chunk_entry_of<F: TaskFn<M>, M>() -> u64 {
     const { assert_zero_sized::<F>() };
     entry_for(chunk_trampoline::<F, M>)
+}
+
+/// The entry of the trampoline that runs the worker initializer `F`.
+pub(crate) fn init_entry_of<F: InitFn<M>, M>() -> u64 {
+    const { assert_zero_sized::<F>() };
+    entry_for(init_trampoline::<F, M>)
 }
 
 /// Decodes the arguments of a task.
@@ -58,6 +64,14 @@ fn async_trampoline<F: AsyncTaskFn<M>, M>(
     // SAFETY: `F: AsyncTaskFn<M>`, so `conjure`'s contract holds (see its proof).
     let f = unsafe { conjure::<F>() };
     encode_output(out, &async_io::block_on(f.call(args)))
+}
+
+/// Calls the initializer `F` (its frame has no arguments) and encodes its outcome as
+/// `Result<(), String>`.
+fn init_trampoline<F: InitFn<M>, M>(_args: &[u8], out: &mut Vec<u8>) -> Result<(), CodecFailure> {
+    // SAFETY: `F: InitFn<M>`, so `conjure`'s contract holds (see its proof).
+    let f = unsafe { conjure::<F>() };
+    encode_output(out, &f.call().into_result())
 }
 
 /// Runs `F` on every item of a chunk, each under its own `catch`, so that one item's panic or
@@ -122,16 +136,17 @@ fn chunk_trampoline<F: TaskFn<M>, M>(
 ///
 /// # Safety
 ///
-/// `F` must implement [`TaskFn`] or [`AsyncTaskFn`] (for some signature), and the program
-/// must have held a value of `F`: every entry comes from a trampoline for `F`, and every
-/// public way to make one (`spawn`, `spawn_async`, `task`, `map`, and those of `Executor`,
-/// `process_fn` and `TaskScope`) takes the function by value.
+/// `F` must implement [`TaskFn`], [`AsyncTaskFn`] or [`InitFn`] (for some signature), and
+/// the program must have held a value of `F`: every entry comes from a trampoline for `F`,
+/// and every public way to make one (`spawn`, `spawn_async`, `task`, `map`, and those of
+/// `Executor`, `process_fn` and `TaskScope`, and `PoolBuilder::init`) takes the function by
+/// value.
 unsafe fn conjure<F: Copy>() -> F {
     const { assert_zero_sized::<F>() };
     // SAFETY: `F` is zero-sized (checked at compile time above), so it has no bytes: the
     // all-zero value of its zero bytes is its only possible bit pattern. That bit pattern is a
     // valid `F` because `F` is inhabited (the caller's contract: the program held a value of
-    // it). Both traits are sealed and implemented only for `Fn` types, and the zero-sized
+    // it). The three traits are sealed and implemented only for `Fn` types, and the zero-sized
     // `Fn` types are function items and closures whose captures are all zero-sized; since
     // `F: Copy`, every capture is `Copy` too, so no destructor can run twice and no ownership
     // is duplicated. What this cannot keep is a *meaning* a captured zero-sized value may

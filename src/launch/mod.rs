@@ -21,7 +21,10 @@ use crate::sys::signal::{Pidfd, Signal};
 use crate::sys::wait::within;
 
 pub(crate) mod copy;
+mod environment;
 mod ssh;
+
+pub(crate) use environment::Environment;
 
 /// Where and how a pool's worker processes are started: on this machine (the default), or
 /// through any command that starts this same program elsewhere with its stdin and stdout
@@ -219,14 +222,28 @@ impl Launcher {
     /// Starts one worker process with piped stdin and stdout (and stderr if `pipe_stderr`),
     /// in its own process group so that a terminal's Ctrl-C reaches only the parent, which
     /// decides what workers do.
-    pub(crate) fn start(&self, pipe_stderr: bool) -> io::Result<Launched> {
+    ///
+    /// `environment` reaches the worker as each launcher allows: on the local command; on
+    /// srun's own environment (which srun exports to the step) and `--chdir`; as
+    /// `sh -c 'cd …' sh DIR env …` words before a command launcher's program; as shell text
+    /// before ssh's remote command.
+    pub(crate) fn start(
+        &self,
+        pipe_stderr: bool,
+        environment: &Environment,
+    ) -> io::Result<Launched> {
         // Without a remote program named, ssh and srun workers find or receive their copy.
         let copying = self.remote_program.is_none();
         let mut command = match &self.kind {
-            Kind::Local => std::process::Command::new(current_program()),
+            Kind::Local => {
+                let mut command = std::process::Command::new(current_program());
+                environment.apply(&mut command, true);
+                command
+            }
             Kind::Command(program) => {
                 let mut command = std::process::Command::new(program);
-                command.args(&self.args).arg(self.program_elsewhere()?);
+                command.args(&self.args).args(environment.words());
+                command.arg(self.program_elsewhere()?);
                 command
             }
             Kind::Srun => {
@@ -234,6 +251,12 @@ impl Launcher {
                 command.args(["--ntasks=1", "--nodes=1", "--unbuffered", "--quiet"]);
                 if std::env::var_os("SLURM_JOB_ID").is_some() {
                     command.arg("--overlap");
+                }
+                environment.apply(&mut command, false);
+                if let Some(dir) = &environment.dir {
+                    let mut chdir = OsString::from("--chdir=");
+                    chdir.push(dir);
+                    command.arg(chdir);
                 }
                 command.args(&self.args);
                 if copying {
@@ -248,10 +271,11 @@ impl Launcher {
                 let host = &hosts[next.fetch_add(1, Ordering::Relaxed) % hosts.len()];
                 let mut command = std::process::Command::new("ssh");
                 command.args(ssh::base_options()).args(&self.args).arg(host);
-                match &self.remote_program {
-                    Some(program) => command.arg(ssh::worker_command(program)),
-                    None => command.arg(ssh::copying_worker_command()?),
+                let worker = match &self.remote_program {
+                    Some(program) => ssh::worker_command(program),
+                    None => ssh::copying_worker_command()?,
                 };
+                command.arg(ssh::with_environment(environment, &worker));
                 // The worker line, already complete: the flag below is not added again.
                 return self.spawn(command, pipe_stderr, Some(host), copying);
             }

@@ -4,6 +4,8 @@
 use std::io;
 use std::path::Path;
 
+use super::Environment;
+
 /// The options offload gives ssh before the user's: no terminal, no prompts (a start that
 /// needs a password fails instead of waiting), and at most 10 s to connect.
 pub(super) fn base_options() -> [&'static str; 5] {
@@ -19,6 +21,11 @@ pub(super) fn worker_command(program: &Path) -> String {
 /// The remote command that finds or receives this build's copy and runs it as the worker.
 pub(super) fn copying_worker_command() -> io::Result<String> {
     Ok(format!("exec sh -c {}", quote(&super::copy::script()?)))
+}
+
+/// The remote command `worker` run in the pool's directory and environment.
+pub(super) fn with_environment(environment: &Environment, worker: &str) -> String {
+    environment.shell_prefix(quote) + worker
 }
 
 /// Quotes `word` for a POSIX shell.

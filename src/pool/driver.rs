@@ -10,16 +10,18 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::thread;
+use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
 use futures_lite::{future, StreamExt};
 use futures_util::stream::FuturesUnordered;
 
+use super::breaker::Breaker;
 use super::slot::slot;
 use super::state::PoolState;
 use super::submit::Job;
 use crate::error::Error;
-use crate::launch::Launcher;
+use crate::launch::{Environment, Launcher};
 use crate::supervise::{Starting, WorkerLink};
 use crate::task::blocking::mark_driver_thread;
 use crate::task::shared::AnyTask;
@@ -31,6 +33,14 @@ pub(crate) const THREAD_NAME: &str = "offload-driver";
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub(crate) workers: usize,
+    /// Workers kept at all times; the slots above them are elastic.
+    pub(crate) min_workers: usize,
+    /// How long an elastic slot's worker may stay idle before it is retired.
+    pub(crate) idle_timeout: Option<Duration>,
+    /// The entry of the initializer's trampoline, run in every worker before its first task.
+    pub(crate) init: Option<u64>,
+    /// How long the initializer may run.
+    pub(crate) init_timeout: Duration,
     /// Replace a worker after it has run this many tasks.
     pub(crate) max_tasks_per_worker: Option<usize>,
     /// Start a worker only when a task is waiting for it, instead of at once and after every
@@ -40,12 +50,14 @@ pub(crate) struct Options {
     pub(crate) memory_limit: Option<u64>,
     /// How workers are started.
     pub(crate) launcher: Launcher,
+    /// The workers' environment and working directory.
+    pub(crate) environment: Environment,
 }
 
 impl Options {
     /// Starts one worker process (its handshake comes next).
     pub(crate) fn launch(&self) -> io::Result<Starting> {
-        WorkerLink::launch(&self.launcher, self.memory_limit)
+        WorkerLink::launch(&self.launcher, &self.environment, self.memory_limit)
     }
 }
 
@@ -66,10 +78,12 @@ pub(crate) fn start(options: Options) -> Result<(Sender<Job>, Arc<PoolState>), E
         .spawn(move || {
             mark_driver_thread();
             let launched: io::Result<Vec<Option<Starting>>> = (0..options.workers)
-                .map(|_| match options.on_demand {
-                    true => Ok(None),
-                    false => options.launch().map(Some),
-                })
+                .map(
+                    |slot| match options.on_demand || slot >= options.min_workers {
+                        true => Ok(None),
+                        false => options.launch().map(Some),
+                    },
+                )
                 .collect();
             match launched {
                 Ok(workers) => {
@@ -98,6 +112,8 @@ pub(crate) struct Driver {
     pub(crate) options: Options,
     /// Work done beside the slots, so that a slot can start a replacement at once.
     pub(crate) background: Sender<Background>,
+    /// How start-up failures are answered.
+    pub(crate) breaker: Breaker,
 }
 
 /// Work for the driver beside its slots.
@@ -136,11 +152,17 @@ async fn run(
         state: state.clone(),
         options,
         background,
+        breaker: Breaker::default(),
     });
     let mut slots = workers.len();
+    let min_workers = driver.options.min_workers;
     let mut work: FuturesUnordered<LocalFuture> = workers
         .into_iter()
-        .map(|worker| Box::pin(slot(driver.clone(), worker, queue.clone())) as LocalFuture)
+        .enumerate()
+        .map(|(i, worker)| {
+            let elastic = i >= min_workers;
+            Box::pin(slot(driver.clone(), worker, elastic, queue.clone())) as LocalFuture
+        })
         .collect();
 
     enum Event {

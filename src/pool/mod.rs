@@ -1,6 +1,7 @@
 //! The pool: its handle [`ProcessPool`], its [`PoolBuilder`] and [`TaskBuilder`], how a task
 //! is submitted, and the driver thread that runs its workers.
 
+mod breaker;
 mod builder;
 mod driver;
 mod slot;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use async_channel::Sender;
 
-pub use builder::PoolBuilder;
+pub use builder::{PoolBuilder, DEFAULT_IDLE_TIMEOUT, DEFAULT_INIT_TIMEOUT};
 pub(crate) use state::PoolState;
 use submit::{call_of, encode_args, submit, Job};
 pub use task_builder::TaskBuilder;
@@ -65,6 +66,22 @@ struct Inner {
     state: Arc<PoolState>,
     /// The most worker processes the pool runs.
     workers: usize,
+    /// The workers it keeps at all times.
+    min_workers: usize,
+}
+
+impl Inner {
+    /// Stops taking tasks; elastic slots waiting for demand see it.
+    fn close(&self) {
+        self.jobs.close();
+        self.state.demand.notify(usize::MAX);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 impl ProcessPool {
@@ -208,7 +225,7 @@ impl ProcessPool {
     /// # Ok::<(), offload::Error>(()) }).unwrap();
     /// ```
     pub async fn shutdown(&self) {
-        self.inner.jobs.close();
+        self.inner.close();
         self.inner.state.stopped().await;
     }
 
@@ -229,7 +246,7 @@ impl ProcessPool {
     /// # Ok::<(), offload::Error>(()) }).unwrap();
     /// ```
     pub async fn shutdown_now(&self) {
-        self.inner.jobs.close();
+        self.inner.close();
         for task in self.inner.state.live() {
             if task.cancel() {
                 hand_end_to_driver(&task, self.inner.state.notices());
@@ -271,6 +288,87 @@ impl ProcessPool {
         block_on("ProcessPool::shutdown_now_blocking", self.shutdown_now());
     }
 
+    /// Waits until the pool's first workers have started and run
+    /// [`init`](PoolBuilder::init): all of them for a fixed pool,
+    /// [`min_workers`](PoolBuilder::min_workers) of them for an elastic one (at once for
+    /// `min_workers(0)`).
+    ///
+    /// Tasks need not wait for this (they queue until a worker takes them); it is for
+    /// programs that want start-up errors before they take work, or start-up costs out of
+    /// their first measurements.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Task`] with the error the queued tasks failed with when start-ups failed 3
+    /// times in a row ([`TaskError::InitFailed`](crate::TaskError::InitFailed), or
+    /// [`TaskError::Spawn`](crate::TaskError::Spawn) for a launch or handshake error; see
+    /// [`PoolBuilder::init`]), or with [`TaskError::PoolClosed`](crate::TaskError::PoolClosed)
+    /// if the pool was closed first.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn check() -> Result<(), String> {
+    ///     std::env::var("MODEL_PATH").map(drop).map_err(|_| "MODEL_PATH is not set".into())
+    /// }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::builder().workers(2).init(check).build()?;
+    /// if let Err(e) = pool.ready().await {
+    ///     eprintln!("the workers cannot start: {e}");
+    /// }
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub async fn ready(&self) -> Result<(), Error> {
+        let state = &self.inner.state;
+        loop {
+            let changed = state.startup.listen();
+            if let Some(outcome) = self.readiness() {
+                return outcome;
+            }
+            changed.await;
+        }
+    }
+
+    /// [`ready`](ProcessPool::ready) for synchronous code: blocks the current thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`ready`](ProcessPool::ready).
+    ///
+    /// # Panics
+    ///
+    /// When called from a task callback, which runs on a pool's own thread.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// let pool = offload::ProcessPool::new(2)?;
+    /// pool.ready_blocking()?;
+    /// assert_eq!(pool.stats().workers, 2);
+    /// # Ok::<(), offload::Error>(())
+    /// ```
+    pub fn ready_blocking(&self) -> Result<(), Error> {
+        block_on("ProcessPool::ready_blocking", self.ready())
+    }
+
+    /// What [`ready`](ProcessPool::ready) returns now, if it is known.
+    fn readiness(&self) -> Option<Result<(), Error>> {
+        let state = &self.inner.state;
+        if state.counters.workers.load(Ordering::Relaxed) >= self.inner.min_workers {
+            return Some(Ok(()));
+        }
+        if let Some(error) = state.startup_error() {
+            return Some(Err(Error::Task(error)));
+        }
+        if self.is_closed() || state.is_stopped() {
+            return Some(Err(Error::Task(crate::TaskError::PoolClosed)));
+        }
+        None
+    }
+
     /// Whether the pool has stopped taking tasks.
     pub fn is_closed(&self) -> bool {
         self.inner.jobs.is_closed()
@@ -305,6 +403,8 @@ impl ProcessPool {
             failed: state.tally.failed.load(Ordering::Relaxed),
             cancelled: state.tally.cancelled.load(Ordering::Relaxed),
             replaced: counters.replaced.load(Ordering::Relaxed),
+            starting: counters.starting.load(Ordering::Relaxed),
+            start_failures: counters.start_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -364,6 +464,11 @@ pub struct PoolStats {
     pub cancelled: u64,
     /// Workers started in place of one that exited, died, was stopped or retired.
     pub replaced: u64,
+    /// Workers being started: launched, in their handshake, or running
+    /// [`init`](PoolBuilder::init).
+    pub starting: usize,
+    /// Start-ups that failed: a launch, a handshake or an [`init`](PoolBuilder::init).
+    pub start_failures: u64,
 }
 
 impl fmt::Debug for ProcessPool {

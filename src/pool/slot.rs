@@ -16,6 +16,7 @@ use async_channel::Receiver;
 use async_io::Timer;
 use futures_lite::future;
 
+use super::breaker::AfterFailure;
 use super::driver::{Background, Driver, Finished};
 use super::state::Gauge;
 use super::submit::Job;
@@ -29,79 +30,174 @@ use crate::trace;
 /// the background and starts a replacement.
 const QUICK_EXIT: Duration = Duration::from_millis(2);
 
-/// Longest pause between attempts to start a worker after failures.
-const MAX_RESPAWN_BACKOFF: Duration = Duration::from_secs(1);
-
 /// One worker place in the pool: serves jobs with successive worker processes.
+///
+/// A slot that is not `elastic` keeps a worker at all times (replacing it when it ends); an
+/// elastic one starts a worker only when a task waits and no worker is idle for it, and
+/// retires it after the pool's idle timeout.
 pub(crate) async fn slot(
     driver: Rc<Driver>,
     first: Option<Starting>,
+    elastic: bool,
     queue: Receiver<Job>,
 ) -> Finished {
-    let counters = &driver.state.counters;
-    let mut next = first.map(Ok);
-    // A job taken from the queue before a worker existed for it (on-demand slots).
+    let state = &driver.state;
+    let counters = &state.counters;
+    let mut first = first;
+    // A job taken from the queue before a worker existed for it (on-demand slots, the
+    // breaker's probe).
     let mut waiting: Option<Job> = None;
-    let mut failures: u32 = 0;
     let mut replacing = false;
     loop {
-        let starting = match next.take() {
-            Some(starting) => starting,
+        let starting = match first.take() {
+            Some(starting) => Ok(starting),
             None => {
-                if driver.options.on_demand && waiting.is_none() {
-                    match queue.recv().await {
-                        Ok(job) if job.task.is_finished() => continue, // cancelled meanwhile
-                        Ok(job) => waiting = Some(job),
-                        Err(_) => return Finished::Slot,
-                    }
+                if !turn(&driver, elastic, &queue, &mut waiting).await {
+                    return Finished::Slot;
                 }
                 driver.options.launch()
             }
         };
-        let started = match starting {
-            Ok(starting) => starting.handshake().await,
-            Err(err) => Err(err),
+        let started = {
+            let _starting = Gauge::up(&counters.starting);
+            start(&driver, starting).await
         };
         match started {
-            Ok(mut worker) => {
-                failures = 0;
-                if let Some(forward) = worker.forward_stderr() {
-                    let forward = Background::ForwardStderr(Box::pin(forward));
-                    let _ = driver.background.try_send(forward);
+            Ok(worker) => {
+                if driver.breaker.open_until().is_some() || state.startup_error().is_some() {
+                    state.set_startup_error(None);
                 }
+                driver.breaker.succeeded();
                 if replacing {
                     counters.replaced.fetch_add(1, Ordering::Relaxed);
                     trace::worker_replaced(worker.pid());
                 }
-                match serve(&driver, worker, &queue, &mut waiting).await {
+                match serve(&driver, worker, elastic, &queue, &mut waiting).await {
                     End::QueueClosed => return Finished::Slot,
                     End::Replace => replacing = true,
+                    End::Retired => replacing = false,
                 }
             }
-            Err(err) => {
-                failures += 1;
-                // A broken setup (say, `init()` missing from `main`) must fail tasks loudly
-                // rather than leave them queued forever; one retry absorbs a transient error.
-                if failures > 1 {
-                    let job = match waiting.take() {
-                        Some(job) => Ok(job),
-                        None => queue.recv().await,
-                    };
-                    match job {
-                        Ok(job) => {
-                            job.task.finish_with_error(TaskError::Spawn(Arc::new(err)));
-                            driver.state.report_end(&*job.task);
+            Err(error) => {
+                counters.start_failures.fetch_add(1, Ordering::Relaxed);
+                match driver.breaker.failed() {
+                    AfterFailure::Retry(pause) => {
+                        Timer::after(pause).await;
+                    }
+                    AfterFailure::Tripped => {
+                        // No task waits for a worker that cannot start: fail every queued one.
+                        let queued = waiting.take().into_iter();
+                        for job in queued.chain(std::iter::from_fn(|| queue.try_recv().ok())) {
+                            fail(&driver, job, &error);
                         }
-                        Err(_) => return Finished::Slot,
+                        state.set_startup_error(Some(error));
                     }
                 }
-                let backoff = Duration::from_millis(10 << failures.min(7));
-                Timer::after(backoff.min(MAX_RESPAWN_BACKOFF)).await;
             }
         }
-        if !driver.options.on_demand {
-            next = Some(driver.options.launch());
+    }
+}
+
+/// Fails a job that no worker could be started for.
+fn fail(driver: &Driver, job: Job, error: &TaskError) {
+    if !job.task.is_finished() {
+        job.task.finish_with_error(error.clone());
+        driver.state.report_end(&*job.task);
+    }
+}
+
+/// Waits until the slot may start a worker: at once for a fixed slot; for an on-demand one,
+/// once it holds a job; for an elastic one, once more tasks wait than idle and starting
+/// workers can take. While the breaker is open, only its probe starts a worker, holding a job,
+/// after the back-off. Returns `false` when the queue is closed and drained.
+async fn turn(
+    driver: &Driver,
+    elastic: bool,
+    queue: &Receiver<Job>,
+    waiting: &mut Option<Job>,
+) -> bool {
+    let breaker = &driver.breaker;
+    let counters = &driver.state.counters;
+    loop {
+        if let Some(until) = breaker.open_until() {
+            let changed = breaker.listen();
+            if !breaker.take_probe() {
+                // Another slot makes the next attempt: this one's job fails with the rest.
+                if let Some(job) = waiting.take() {
+                    let error = driver.state.startup_error();
+                    fail(driver, job, &error.unwrap_or(TaskError::PoolClosed));
+                }
+                changed.await;
+                continue;
+            }
+            if waiting.is_none() {
+                match next_live_job(queue).await {
+                    Some(job) => *waiting = Some(job),
+                    None => {
+                        breaker.drop_probe();
+                        return false;
+                    }
+                }
+            }
+            Timer::at(until).await;
+            return true;
         }
+        if waiting.is_some() {
+            return true;
+        }
+        if driver.options.on_demand {
+            match next_live_job(queue).await {
+                Some(job) => *waiting = Some(job),
+                None => return false,
+            }
+            continue;
+        }
+        if !elastic {
+            return true;
+        }
+        let (demand, changed) = (driver.state.demand.listen(), breaker.listen());
+        if queue.is_closed() && queue.is_empty() {
+            return false;
+        }
+        let workers = counters.workers.load(Ordering::Relaxed);
+        let idle = workers.saturating_sub(counters.busy.load(Ordering::Relaxed));
+        let starting = counters.starting.load(Ordering::Relaxed);
+        if queue.len() > idle + starting {
+            return true;
+        }
+        future::or(demand, changed).await;
+    }
+}
+
+/// The next job of the queue that did not end while queued; `None` once it is closed and empty.
+async fn next_live_job(queue: &Receiver<Job>) -> Option<Job> {
+    loop {
+        match queue.recv().await {
+            Ok(job) if job.task.is_finished() => continue, // cancelled meanwhile
+            Ok(job) => return Some(job),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Completes a worker's start-up: handshake, the copy of its stderr, the pool's `init`.
+async fn start(driver: &Driver, starting: io::Result<Starting>) -> Result<WorkerLink, TaskError> {
+    let spawn_error = |err| TaskError::Spawn(Arc::new(err));
+    let mut worker = starting
+        .map_err(spawn_error)?
+        .handshake()
+        .await
+        .map_err(spawn_error)?;
+    if let Some(forward) = worker.forward_stderr() {
+        let forward = Background::ForwardStderr(Box::pin(forward));
+        let _ = driver.background.try_send(forward);
+    }
+    match driver.options.init {
+        None => Ok(worker),
+        Some(entry) => worker
+            .initialize(entry, driver.options.init_timeout)
+            .await
+            .map_err(|message| TaskError::InitFailed { message }),
     }
 }
 
@@ -111,6 +207,8 @@ enum End {
     QueueClosed,
     /// The worker is gone or being stopped; a replacement is needed.
     Replace,
+    /// The worker of an elastic slot was idle for the idle timeout and was let go.
+    Retired,
 }
 
 /// What happened while a worker was idle.
@@ -119,6 +217,8 @@ enum Idle {
     QueueClosed,
     /// The worker wrote something or closed its output without being asked.
     Worker(io::Result<usize>),
+    /// The worker of an elastic slot was idle for the idle timeout.
+    TimedOut,
 }
 
 /// What ended the wait for a running task.
@@ -134,12 +234,15 @@ enum Step {
 async fn serve(
     driver: &Driver,
     mut worker: WorkerLink,
+    elastic: bool,
     queue: &Receiver<Job>,
     waiting: &mut Option<Job>,
 ) -> End {
     let counters = &driver.state.counters;
     // Counts the worker while it serves; dropped the moment it is known to be lost.
     let mut serving = Some(Gauge::up(&counters.workers));
+    driver.state.startup.notify(usize::MAX);
+    let idle_timeout = driver.options.idle_timeout.filter(|_| elastic);
     let mut served = 0;
     // A job already started by the previous `run_job`, and whether it was written.
     let mut following: Option<(Job, bool)> = None;
@@ -153,8 +256,13 @@ async fn serve(
                 }
                 let job = match waiting.take() {
                     Some(job) => job,
-                    None => match wait_idle(&mut worker, queue).await {
+                    None => match wait_idle(&mut worker, queue, idle_timeout).await {
                         Idle::Job(job) => job,
+                        Idle::TimedOut => {
+                            serving.take();
+                            let _ = driver.background.try_send(Background::Retire(worker));
+                            return End::Retired;
+                        }
                         Idle::QueueClosed => {
                             worker.shut_down().await;
                             return End::QueueClosed;
@@ -194,9 +302,14 @@ async fn serve(
     }
 }
 
-/// Waits for a job for an idle worker, or for the worker to write or end on its own.
-async fn wait_idle(worker: &mut WorkerLink, queue: &Receiver<Job>) -> Idle {
-    future::or(
+/// Waits for a job for an idle worker, or for the worker to write or end on its own, or for
+/// `idle_timeout` to pass.
+async fn wait_idle(
+    worker: &mut WorkerLink,
+    queue: &Receiver<Job>,
+    idle_timeout: Option<Duration>,
+) -> Idle {
+    let idle = future::or(
         async {
             match queue.recv().await {
                 Ok(job) => Idle::Job(job),
@@ -204,8 +317,13 @@ async fn wait_idle(worker: &mut WorkerLink, queue: &Receiver<Job>) -> Idle {
             }
         },
         async { Idle::Worker(worker.unasked_output().await) },
-    )
-    .await
+    );
+    match idle_timeout {
+        // A job that arrives as the timeout passes stays queued: `recv` takes it only when
+        // it completes.
+        Some(limit) => within(limit, idle).await.unwrap_or(Idle::TimedOut),
+        None => idle.await,
+    }
 }
 
 /// Runs a started job on `worker` (writing its frame unless `written`). Returns the worker if

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use event_listener::Event;
 
+use crate::error::TaskError;
 use crate::sys::wait;
 use crate::task::shared::{report_end, AnyTask, EndNotices, Tally};
 
@@ -24,6 +25,13 @@ pub(crate) struct PoolState {
     pub(crate) counters: Counters,
     /// How tasks ended: counted by the tasks themselves as they finish.
     pub(crate) tally: Arc<Tally>,
+    /// Notified when a task is queued or the queue closes: an elastic slot may start a worker.
+    pub(crate) demand: Event,
+    /// Notified when a worker starts serving, when start-ups fail for good, and when the
+    /// driver stops: what [`ProcessPool::ready`](crate::ProcessPool::ready) waits for.
+    pub(crate) startup: Event,
+    /// The error of the start-ups that tripped the breaker, until a worker starts again.
+    startup_error: Mutex<Option<TaskError>>,
 }
 
 /// What [`PoolStats`](crate::PoolStats) reports about workers, kept up to date by the driver.
@@ -35,6 +43,10 @@ pub(crate) struct Counters {
     pub(crate) busy: AtomicUsize,
     /// Workers started in place of one that exited, died, was stopped or retired.
     pub(crate) replaced: AtomicU64,
+    /// Workers being started (launch, handshake, `init`).
+    pub(crate) starting: AtomicUsize,
+    /// Start-ups that failed.
+    pub(crate) start_failures: AtomicU64,
 }
 
 /// Counts one up while it lives.
@@ -62,7 +74,33 @@ impl PoolState {
             stopped_event: Event::new(),
             counters: Counters::default(),
             tally: Arc::default(),
+            demand: Event::new(),
+            startup: Event::new(),
+            startup_error: Mutex::new(None),
         }
+    }
+
+    /// Records whether start-ups fail for good (`Some`: the breaker tripped with this error)
+    /// or work again (`None`).
+    pub(crate) fn set_startup_error(&self, error: Option<TaskError>) {
+        *self
+            .startup_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = error;
+        self.startup.notify(usize::MAX);
+    }
+
+    /// The error of the start-ups that tripped the breaker, while no worker has started since.
+    pub(crate) fn startup_error(&self) -> Option<TaskError> {
+        self.startup_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether the driver has stopped.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 
     pub(crate) fn notices(&self) -> &EndNotices {
@@ -92,6 +130,7 @@ impl PoolState {
     pub(crate) fn mark_stopped(&self) {
         self.stopped.store(true, Ordering::Release);
         self.stopped_event.notify(usize::MAX);
+        self.startup.notify(usize::MAX);
     }
 
     /// Waits until the driver has stopped and every worker is reaped.

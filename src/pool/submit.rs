@@ -139,5 +139,7 @@ pub(crate) fn submit<T: Send + 'static>(
         any.finish_with_error(TaskError::PoolClosed);
         state.report_end(&*any);
     }
+    // Only elastic slots without a worker listen: a fixed pool pays one atomic load.
+    state.demand.notify(usize::MAX);
     task
 }

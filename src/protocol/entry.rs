@@ -33,8 +33,9 @@ pub(crate) fn entry_for(trampoline: Trampoline) -> u64 {
 /// # Safety
 ///
 /// `entry` must be the value [`entry_for`] returned, in a process running the same executable
-/// file as this one (or a copy of its content), for one of the trampolines of `func` (the task, async task and `map`
-/// chunk trampolines, each a `Trampoline` monomorphised for a task function type). The
+/// file as this one (or a copy of its content), for one of the trampolines of `func` (the
+/// task, async task, `map` chunk and initializer trampolines, each a `Trampoline`
+/// monomorphised for a task function type). The
 /// worker ensures the first part by refusing a parent whose build identity differs; the
 /// second holds because the parent only ever sends entries it made with `entry_for`.
 ///

@@ -16,9 +16,9 @@ use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::error::TaskError;
 use crate::launch::copy::{self, Delivery, Undelivered};
-use crate::launch::{Launched, Launcher, Process};
+use crate::launch::{Environment, Launched, Launcher, Process};
 use crate::protocol::build::target;
-use crate::protocol::{frame, CodecFailure, FromWorker, ToWorker};
+use crate::protocol::{codec, frame, CodecFailure, FromWorker, ToWorker};
 use crate::sys::wait::within;
 use crate::trace;
 
@@ -37,6 +37,9 @@ const LAUNCHER_SAID: usize = 1000;
 
 /// The usual cause of a worker that does not speak the protocol.
 const INIT_HINT: &str = "does `main` call offload::init() first?";
+
+/// The job id of the initializer's run; task ids start at 1.
+const INIT_ID: u64 = 0;
 
 /// A worker's answer to a job.
 pub(crate) enum Reply {
@@ -96,10 +99,15 @@ pub(crate) struct WorkerLink {
 impl WorkerLink {
     /// Starts a worker with `launcher`. Its stderr is piped through the parent under a memory
     /// limit, to tell an allocation failure from other aborts.
-    pub(crate) fn launch(launcher: &Launcher, memory_limit: Option<u64>) -> io::Result<Starting> {
+    pub(crate) fn launch(
+        launcher: &Launcher,
+        environment: &Environment,
+        memory_limit: Option<u64>,
+    ) -> io::Result<Starting> {
+        // A remote launcher's stderr is piped too, to quote it when the start fails.
+        let pipe_stderr = memory_limit.is_some() || !launcher.is_local();
         Ok(Starting {
-            // A remote launcher's stderr is piped too, to quote it when the start fails.
-            launched: launcher.start(memory_limit.is_some() || !launcher.is_local())?,
+            launched: launcher.start(pipe_stderr, environment)?,
             expected_build: launcher.expected_build(),
             memory_limit,
             remote: !launcher.is_local(),
@@ -231,6 +239,47 @@ impl WorkerLink {
                 format!("{who} did not answer the handshake; {}", self.hint()),
             )),
         }
+    }
+
+    /// Runs the pool's initializer (the trampoline at `entry`) as the worker's first job, and
+    /// waits up to `timeout` for it. A worker whose initializer fails in any way (its error,
+    /// a panic, an exit or a signal, the timeout) is stopped; the message says what happened.
+    pub(crate) async fn initialize(
+        mut self,
+        entry: u64,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let run = frame::frame(&ToWorker::Run { id: INIT_ID, entry });
+        let exchange = async {
+            if self.send(&run).await.is_err() {
+                return Err(Lost::Died);
+            }
+            self.reply(INIT_ID).await
+        };
+        let failure = match within(timeout, exchange).await {
+            Some(Ok(Reply::Done { payload_start })) => {
+                match codec::decode::<Result<(), String>>(self.payload(payload_start)) {
+                    Ok(Ok(())) => return Ok(self),
+                    Ok(Err(message)) => message,
+                    Err(err) => format!("its outcome could not be decoded: {err}"),
+                }
+            }
+            Some(Ok(Reply::Failed(TaskError::Panicked { message, location }))) => match location {
+                Some(location) => format!("it panicked: {message} (at {location})"),
+                None => format!("it panicked: {message}"),
+            },
+            Some(Ok(Reply::Failed(error))) => error.to_string(),
+            Some(Err(Lost::Died | Lost::CutShort)) => {
+                return Err(format!(
+                    "{} while it ran the initializer",
+                    self.bury().await
+                ));
+            }
+            Some(Err(Lost::Broken(msg))) => format!("the worker broke the protocol: {msg}"),
+            None => format!("it did not finish within {timeout:?}"),
+        };
+        self.stop(Duration::ZERO, "its initializer failed").await;
+        Err(failure)
     }
 
     /// The end of what the launcher of a worker that exited wrote to its stderr (it is piped
