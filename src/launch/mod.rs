@@ -281,7 +281,16 @@ impl Launcher {
             }
         };
         command.arg(WORKER_FLAG);
-        self.spawn(command, pipe_stderr, None, false)
+        let launched = self.spawn(command, pipe_stderr, None, false);
+        match (&self.kind, &environment.dir) {
+            (Kind::Local, Some(dir)) => launched.map_err(|err| {
+                io::Error::new(
+                    err.kind(),
+                    format!("{err} (starting a worker in {})", dir.display()),
+                )
+            }),
+            _ => launched,
+        }
     }
 
     /// The worker executable a command or srun launcher names: `remote_program`, else this

@@ -31,6 +31,9 @@ pub(crate) enum AfterFailure {
     Retry(Duration),
     /// The breaker tripped: fail the queued tasks, start nothing until the back-off ends.
     Tripped,
+    /// The breaker was already open (an attempt begun before it tripped): start nothing
+    /// until the back-off ends.
+    Open,
 }
 
 /// The start-up state of one pool, shared by its slots on the driver thread.
@@ -59,8 +62,11 @@ impl Breaker {
         }
     }
 
-    /// Records a failed start-up and says what to do next.
-    pub(crate) fn failed(&self) -> AfterFailure {
+    /// Records a failed start-up, the probe's or another, and says what to do next.
+    pub(crate) fn failed(&self, probe: bool) -> AfterFailure {
+        if self.open_until.get().is_some() && !probe {
+            return AfterFailure::Open;
+        }
         let failures = self.failures.get() + 1;
         self.failures.set(failures);
         if failures < TRIP_AFTER {
@@ -108,29 +114,31 @@ mod tests {
     fn the_third_failure_in_a_row_trips_and_a_success_resets() {
         let breaker = Breaker::default();
         assert_eq!(
-            breaker.failed(),
+            breaker.failed(false),
             AfterFailure::Retry(Duration::from_millis(20))
         );
         assert_eq!(
-            breaker.failed(),
+            breaker.failed(false),
             AfterFailure::Retry(Duration::from_millis(40))
         );
         assert!(breaker.open_until().is_none());
         let before = Instant::now();
-        assert_eq!(breaker.failed(), AfterFailure::Tripped);
+        assert_eq!(breaker.failed(false), AfterFailure::Tripped);
         let first = breaker.open_until().unwrap() - before;
         assert!(first >= FIRST_BACKOFF && first < FIRST_BACKOFF * 2);
-        // The probe fails too: the back-off doubles.
+        // An attempt begun before the trip changes nothing; the probe's failure doubles the
+        // back-off.
+        assert_eq!(breaker.failed(false), AfterFailure::Open);
         assert!(breaker.take_probe());
         assert!(!breaker.take_probe(), "one probe at a time");
-        assert_eq!(breaker.failed(), AfterFailure::Tripped);
+        assert_eq!(breaker.failed(true), AfterFailure::Tripped);
         let second = breaker.open_until().unwrap() - Instant::now();
         assert!(second > FIRST_BACKOFF && second <= FIRST_BACKOFF * 2);
         assert!(breaker.take_probe(), "a trip ends the probe");
         breaker.succeeded();
         assert!(breaker.open_until().is_none());
         assert_eq!(
-            breaker.failed(),
+            breaker.failed(false),
             AfterFailure::Retry(Duration::from_millis(20))
         );
     }
@@ -139,7 +147,7 @@ mod tests {
     fn the_back_off_stops_growing_at_its_bound() {
         let breaker = Breaker::default();
         for _ in 0..40 {
-            breaker.failed();
+            breaker.failed(true);
         }
         let left = breaker.open_until().unwrap() - Instant::now();
         assert!(left <= MAX_BACKOFF && left > MAX_BACKOFF - Duration::from_secs(1));

@@ -49,11 +49,14 @@ pub(crate) async fn slot(
     let mut waiting: Option<Job> = None;
     let mut replacing = false;
     loop {
+        // Whether this start is the breaker's probe.
+        let mut probe = false;
         let starting = match first.take() {
             Some(starting) => Ok(starting),
             None => {
-                if !turn(&driver, elastic, &queue, &mut waiting).await {
-                    return Finished::Slot;
+                match turn(&driver, elastic, &queue, &mut waiting).await {
+                    Some(probing) => probe = probing,
+                    None => return Finished::Slot,
                 }
                 driver.options.launch()
             }
@@ -80,17 +83,23 @@ pub(crate) async fn slot(
             }
             Err(error) => {
                 counters.start_failures.fetch_add(1, Ordering::Relaxed);
-                match driver.breaker.failed() {
+                match driver.breaker.failed(probe) {
                     AfterFailure::Retry(pause) => {
                         Timer::after(pause).await;
                     }
+                    AfterFailure::Open => {}
                     AfterFailure::Tripped => {
                         // No task waits for a worker that cannot start: fail every queued one.
+                        // Taken first, so that a task spawned by whoever sees these failures
+                        // waits for the next attempt instead.
                         let queued = waiting.take().into_iter();
-                        for job in queued.chain(std::iter::from_fn(|| queue.try_recv().ok())) {
+                        let queued: Vec<Job> = queued
+                            .chain(std::iter::from_fn(|| queue.try_recv().ok()))
+                            .collect();
+                        state.set_startup_error(Some(error.clone()));
+                        for job in queued {
                             fail(&driver, job, &error);
                         }
-                        state.set_startup_error(Some(error));
                     }
                 }
             }
@@ -109,19 +118,22 @@ fn fail(driver: &Driver, job: Job, error: &TaskError) {
 /// Waits until the slot may start a worker: at once for a fixed slot; for an on-demand one,
 /// once it holds a job; for an elastic one, once more tasks wait than idle and starting
 /// workers can take. While the breaker is open, only its probe starts a worker, holding a job,
-/// after the back-off. Returns `false` when the queue is closed and drained.
+/// after the back-off (or at once, if another start closed the breaker meanwhile). Returns
+/// whether this start is the probe, or `None` when the queue is closed and drained.
 async fn turn(
     driver: &Driver,
     elastic: bool,
     queue: &Receiver<Job>,
     waiting: &mut Option<Job>,
-) -> bool {
+) -> Option<bool> {
     let breaker = &driver.breaker;
     let counters = &driver.state.counters;
+    // Whether this slot holds the breaker's probe.
+    let mut probe = false;
     loop {
+        let changed = breaker.listen();
         if let Some(until) = breaker.open_until() {
-            let changed = breaker.listen();
-            if !breaker.take_probe() {
+            if !probe && !breaker.take_probe() {
                 // Another slot makes the next attempt: this one's job fails with the rest.
                 if let Some(job) = waiting.take() {
                     let error = driver.state.startup_error();
@@ -130,40 +142,61 @@ async fn turn(
                 changed.await;
                 continue;
             }
-            if waiting.is_none() {
-                match next_live_job(queue).await {
-                    Some(job) => *waiting = Some(job),
-                    None => {
+            probe = true;
+            let Some(job) = waiting.as_ref() else {
+                let next = future::or(async { Some(next_live_job(queue).await) }, async {
+                    changed.await;
+                    None
+                });
+                match next.await {
+                    Some(Some(job)) => *waiting = Some(job),
+                    Some(None) => {
                         breaker.drop_probe();
-                        return false;
+                        return None;
                     }
+                    None => {} // the breaker changed: look again
                 }
+                continue;
+            };
+            if Instant::now() >= until {
+                return Some(true);
             }
-            Timer::at(until).await;
-            return true;
+            let back_off = async {
+                Timer::at(until).await;
+            };
+            // A job cancelled during the back-off needs no worker.
+            let job_ended = until_finished(&*job.task);
+            future::or(back_off, future::or(job_ended, changed)).await;
+            if job.task.is_finished() {
+                *waiting = None;
+                breaker.drop_probe();
+                probe = false;
+            }
+            continue;
         }
+        // The breaker is closed (a success also ends any probe).
         if waiting.is_some() {
-            return true;
+            return Some(false);
         }
         if driver.options.on_demand {
             match next_live_job(queue).await {
                 Some(job) => *waiting = Some(job),
-                None => return false,
+                None => return None,
             }
             continue;
         }
         if !elastic {
-            return true;
+            return Some(false);
         }
-        let (demand, changed) = (driver.state.demand.listen(), breaker.listen());
+        let demand = driver.state.demand.listen();
         if queue.is_closed() && queue.is_empty() {
-            return false;
+            return None;
         }
         let workers = counters.workers.load(Ordering::Relaxed);
         let idle = workers.saturating_sub(counters.busy.load(Ordering::Relaxed));
         let starting = counters.starting.load(Ordering::Relaxed);
         if queue.len() > idle + starting {
-            return true;
+            return Some(false);
         }
         future::or(demand, changed).await;
     }
