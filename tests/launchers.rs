@@ -71,8 +71,11 @@ fn abort() -> u32 {
     std::process::abort()
 }
 
+/// Whether the task runs on the process's main thread (whose thread id is the pid; a worker
+/// that serves before `main` has no thread named "main").
 fn on_main_thread(n: u64) -> (u64, bool) {
-    (n, std::thread::current().name() == Some("main"))
+    let main = rustix::thread::gettid() == rustix::process::getpid();
+    (n, main)
 }
 
 /// The input goes back and forth between a remote worker's two threads at every job: jobs

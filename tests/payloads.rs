@@ -1,8 +1,9 @@
 //! Large and noisy payloads: what a task prints never reaches the protocol, and big byte
 //! buffers arrive intact.
 //!
-//! This binary's workers send their stderr to a file named after the parent's pid, so that the
-//! test can check where a task's `println!` went without flooding the test output.
+//! The pool of the first test sends its workers' stdout and stderr (which their stdout goes
+//! to) to a file named after the parent's pid, in its `init`, so that the test can check where
+//! a task's `println!` went without flooding the test output.
 
 mod common;
 
@@ -32,8 +33,24 @@ fn echo(bytes: ByteBuf) -> ByteBuf {
     bytes
 }
 
+/// A worker's `init`: its stdout and stderr go to [`worker_stderr`].
+fn output_to_file() {
+    let path = worker_stderr(std::os::unix::process::parent_id());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    rustix::stdio::dup2_stderr(&file).unwrap();
+    rustix::stdio::dup2_stdout(&file).unwrap();
+}
+
 fn printing_a_megabyte_to_stdout_does_not_corrupt_the_result() {
-    let pool = ProcessPool::new(1).unwrap();
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .init(output_to_file)
+        .build()
+        .unwrap();
     let value = pool.spawn(chatty, (1 << 20, 21)).wait().unwrap();
     assert_eq!(value, 42);
     let stderr = std::fs::read_to_string(worker_stderr(std::process::id())).unwrap();
@@ -65,15 +82,6 @@ fn sixteen_mib_round_trip_byte_identical() {
 }
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--worker") {
-        let path = worker_stderr(std::os::unix::process::parent_id());
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        rustix::stdio::dup2_stderr(&file).unwrap();
-    }
     offload::init();
     let trials = vec![
         trial(

@@ -15,7 +15,7 @@ use async_process::{Child, ChildStderr, ChildStdin, ChildStdout};
 
 use self::copy::Delivery;
 use crate::protocol::build::{build_id, content_id};
-use crate::protocol::WORKER_FLAG;
+use crate::protocol::{WORKER_ENV, WORKER_FLAG};
 use crate::sys::exe::current_program;
 use crate::sys::signal::{Pidfd, Signal};
 use crate::sys::wait::within;
@@ -232,6 +232,11 @@ impl Launcher {
         pipe_stderr: bool,
         environment: &Environment,
     ) -> io::Result<Launched> {
+        // Every worker carries the marker that makes it serve before `main` (set last: the
+        // pool's own variables cannot remove it).
+        let mut environment = environment.clone();
+        environment.set(WORKER_ENV.as_ref(), Some("1".into()));
+        let environment = &environment;
         // Without a remote program named, ssh and srun workers find or receive their copy.
         let copying = self.remote_program.is_none();
         let mut command = match &self.kind {

@@ -13,4 +13,9 @@ pub use frame::MAX_FRAME_LEN;
 
 /// The argument that makes a process an offload worker (as its only argument).
 pub(crate) const WORKER_FLAG: &str = "--worker";
+
+/// The environment variable every launcher sets on a worker, recognised before `main` runs
+/// (the `before-main` feature); the worker removes it from its environment at once, so that
+/// the processes its tasks start do not inherit it.
+pub(crate) const WORKER_ENV: &str = "OFFLOAD_WORKER";
 pub(crate) use message::{CodecFailure, FromWorker, ToWorker};

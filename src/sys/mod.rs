@@ -1,8 +1,10 @@
 //! Operating-system and runtime primitives that every other layer builds on: signalling a
-//! process through a pidfd, the executable's own path, waiting with a deadline, and turning a
-//! panic into data.
+//! process through a pidfd, the executable's own path, waiting with a deadline, turning a
+//! panic into data, and `SIGPIPE` for a worker that serves before `main`.
 
 pub(crate) mod exe;
 pub(crate) mod panic;
 pub(crate) mod signal;
+#[cfg(feature = "before-main")]
+pub(crate) mod sigpipe;
 pub(crate) mod wait;
