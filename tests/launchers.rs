@@ -234,8 +234,27 @@ async fn isolated_runs_each_call_in_a_fresh_remote_process() {
     isolated.shutdown().await;
 }
 
+/// The pool's environment and directory reach a worker behind a command launcher (as words
+/// before its program: `sh -c 'cd …' sh DIR env K=V program --worker`).
+async fn workers_get_the_environment_and_directory_they_are_given() {
+    for launcher in [shell(), relay()] {
+        let dir = common::temp_dir("command-env");
+        let pool = ProcessPool::builder()
+            .workers(1)
+            .launcher(launcher)
+            .env("OFFLOAD_TEST_VAR", "it's one")
+            .current_dir(&dir)
+            .build()
+            .unwrap();
+        let (var, cwd) = pool.spawn(common::env_and_dir, ()).await.unwrap();
+        assert_eq!(var.as_deref(), Some("it's one"));
+        assert_eq!(cwd, dir.canonicalize().unwrap());
+    }
+}
+
 fn main() {
     let scenarios = scenarios![
+        workers_get_the_environment_and_directory_they_are_given,
         results_and_metadata_through_a_shell,
         cancel_stops_the_worker_and_what_its_task_started,
         timeout_and_crash_fail_their_task_and_the_worker_is_replaced,

@@ -247,9 +247,25 @@ async fn an_unreachable_host_fails_clearly() {
     );
 }
 
+/// The pool's environment and directory reach the workers on the other side.
+async fn workers_get_the_environment_and_directory_they_are_given() {
+    let dir = common::temp_dir("ssh-env");
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .launcher(launcher())
+        .env("OFFLOAD_TEST_VAR", "it's one")
+        .current_dir(&dir)
+        .build()
+        .unwrap();
+    let (var, cwd) = pool.spawn(common::env_and_dir, ()).await.unwrap();
+    assert_eq!(var.as_deref(), Some("it's one"));
+    assert_eq!(cwd, dir.canonicalize().unwrap());
+}
+
 fn main() {
     offload::init(); // first: a worker started over ssh serves here
     let scenarios = scenarios![
+        workers_get_the_environment_and_directory_they_are_given,
         results_metadata_and_one_copy_per_build,
         cancel_and_timeout_stop_the_worker_and_what_its_task_started,
         a_crash_fails_its_task_and_the_worker_is_replaced,

@@ -284,3 +284,11 @@ pub fn another_build(dir: &Path) -> PathBuf {
     std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     other
 }
+
+/// `$OFFLOAD_TEST_VAR` and the working directory, as a worker sees them.
+pub fn env_and_dir() -> (Option<String>, PathBuf) {
+    (
+        std::env::var("OFFLOAD_TEST_VAR").ok(),
+        std::env::current_dir().unwrap(),
+    )
+}
