@@ -127,9 +127,12 @@ pub use crate::task::{ProcessTask, TaskInfo, TaskStatus};
 
 /// Turns this process into a worker if it was started as one; otherwise returns at once.
 ///
-/// Call it first in `main`. In a process started by a pool (as `program --worker`) it serves
-/// tasks until the pool lets it go, then exits the process; it never returns there. Anywhere
-/// else it costs one look at the command line.
+/// With the default `before-main` feature a worker is recognised before `main` runs (by the
+/// `OFFLOAD_WORKER` marker every launcher sets), so this call is not needed and does nothing
+/// there; it stays valid, and it is what makes a worker serve when the feature is off or a
+/// launcher dropped the marker. Call it first in `main`: in a process started by a pool (as
+/// `program --worker`) it serves tasks until the pool lets it go, then exits the process; it
+/// never returns there. Anywhere else it costs one look at the command line.
 ///
 /// # Examples
 ///

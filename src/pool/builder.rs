@@ -37,10 +37,22 @@ pub struct PoolBuilder {
 }
 
 /// How long an initializer may run unless [`PoolBuilder::init_timeout`] says otherwise.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(offload::DEFAULT_INIT_TIMEOUT, std::time::Duration::from_secs(60));
+/// ```
 pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long an elastic pool's worker may stay idle unless [`PoolBuilder::idle_timeout`] says
 /// otherwise.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(offload::DEFAULT_IDLE_TIMEOUT, std::time::Duration::from_secs(60));
+/// ```
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl PoolBuilder {

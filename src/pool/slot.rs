@@ -1,10 +1,10 @@
 //! A slot: one worker place in the pool, served by successive worker processes.
 //!
-//! A slot is a plain sequential loop: start a worker and exchange the handshake; take jobs
-//! from the queue one at a time, send each and wait for its reply; start a replacement
-//! whenever the worker dies, misbehaves, or is stopped because its task was cancelled or timed
-//! out. The queue is an MPMC channel, so an idle slot takes the next job the moment it is
-//! spawned.
+//! A slot is a plain sequential loop: wait for its turn (the breaker, demand for an elastic
+//! slot), start a worker (handshake, `init`); take jobs from the queue one at a time, send
+//! each and wait for its reply; start a replacement whenever the worker dies, misbehaves, or
+//! is stopped because its task was cancelled or timed out. The queue is an MPMC channel, so an
+//! idle slot takes the next job the moment it is spawned.
 
 use std::io;
 use std::rc::Rc;

@@ -36,7 +36,8 @@ const READ_BUFFER: usize = 64 * 1024;
 const LAUNCHER_SAID: usize = 1000;
 
 /// The usual cause of a worker that does not speak the protocol.
-const INIT_HINT: &str = "does `main` call offload::init() first?";
+const INIT_HINT: &str =
+    "is it built with the before-main feature (the default), or does `main` call offload::init() first?";
 
 /// The job id of the initializer's run; task ids start at 1.
 const INIT_ID: u64 = 0;
