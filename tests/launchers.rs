@@ -166,19 +166,20 @@ async fn timeout_and_crash_fail_their_task_and_the_worker_is_replaced() {
 }
 
 async fn a_killed_launcher_fails_the_task_and_leaves_nothing_running() {
-    let pool = pool(1, relay());
     let dir = temp_dir("launcher-killed");
+    let tag = dir.display().to_string();
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .launcher(relay())
+        .env("OFFLOAD_TEST_TAG", &tag)
+        .build()
+        .unwrap();
     let path = dir.join("sleeper");
     let mut task = pool.spawn(sleeper_then_spin, path.clone());
     let sleeper = read_pid(&path);
     let worker = task.pid().unwrap();
-    // The relay is this process's only child: kill it, as a dropped connection would.
-    for relay in children() {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(relay as i32).unwrap(),
-            rustix::process::Signal::KILL,
-        );
-    }
+    // This test's relay (the tag is in its command line), as a dropped connection would.
+    assert_eq!(common::kill_children_mentioning(&tag), 1);
     let err = (&mut task).await.unwrap_err();
     assert!(err.is_worker_died(), "{err}");
     eventually("the worker is gone", || !alive(worker)).await;

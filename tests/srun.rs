@@ -129,20 +129,21 @@ async fn a_crash_fails_its_task_and_the_worker_is_replaced() {
 }
 
 async fn a_killed_srun_fails_the_task_and_leaves_nothing_running() {
-    let pool = pool(1);
     let dir = temp_dir("srun-killed");
+    let tag = dir.display().to_string();
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .launcher(launcher())
+        .env("OFFLOAD_TEST_TAG", &tag)
+        .build()
+        .unwrap();
     let path = dir.join("sleeper");
     let mut task = pool.spawn(sleeper_then_spin, path.clone());
     let sleeper = read_pid(&path);
     let worker = task.pid().unwrap();
     let ours = std::process::id().to_string();
-    for client in children() {
-        let cmdline = std::fs::read(format!("/proc/{client}/cmdline")).unwrap_or_default();
-        if cmdline.starts_with(b"srun\0") {
-            let pid = rustix::process::Pid::from_raw(client as i32).unwrap();
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
-    }
+    // This test's srun: the tag is in its environment.
+    assert_eq!(common::kill_children_mentioning(&tag), 1);
     let err = (&mut task).await.unwrap_err();
     assert!(err.is_worker_died(), "{err} (parent {ours})");
     eventually("the worker is gone", || !alive(worker)).await;

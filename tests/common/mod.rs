@@ -292,3 +292,22 @@ pub fn env_and_dir() -> (Option<String>, PathBuf) {
         std::env::current_dir().unwrap(),
     )
 }
+
+/// Kills (`SIGKILL`) this process's children whose command line or environment mentions
+/// `tag` (a pool's `env("OFFLOAD_TEST_TAG", tag)` shows in its launcher's), so that a test
+/// kills its own launcher and not those of the tests running beside it. Returns how many.
+pub fn kill_children_mentioning(tag: &str) -> usize {
+    let mentions = |pid: u32, file: &str| {
+        std::fs::read(format!("/proc/{pid}/{file}"))
+            .is_ok_and(|bytes| bytes.windows(tag.len()).any(|w| w == tag.as_bytes()))
+    };
+    let mut killed = 0;
+    for child in children() {
+        if mentions(child, "cmdline") || mentions(child, "environ") {
+            let pid = rustix::process::Pid::from_raw(child as i32).unwrap();
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            killed += 1;
+        }
+    }
+    killed
+}
