@@ -189,6 +189,28 @@ async fn a_pool_whose_init_fails_recovers_once_it_can_start() {
     common::eventually("both workers serve again", || pool.stats().workers == 2).await;
 }
 
+async fn shutdown_during_a_back_off_fails_the_waiting_task_without_an_attempt() {
+    let starts_dir = temp_dir("init-shutdown");
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .init(no_gpu)
+        .env("OFFLOAD_TEST_STARTS", &starts_dir)
+        .build()
+        .unwrap();
+    assert!(pool.spawn(pid, ()).await.unwrap_err().is_init_failed());
+    let attempts = pool.stats().start_failures;
+    // Spawned during the back-off, then the pool shuts down: no worker can start for it.
+    let waiting = pool.spawn(pid, ());
+    pool.shutdown().await;
+    let err = waiting.await.unwrap_err();
+    assert!(err.is_init_failed(), "{err}");
+    assert_eq!(
+        pool.stats().start_failures,
+        attempts,
+        "no start-up was attempted after the shutdown"
+    );
+}
+
 async fn an_init_that_hangs_panics_or_exits_fails_with_what_happened() {
     let starts_dir = temp_dir("init-hangs");
     let pool = ProcessPool::builder()
@@ -321,6 +343,7 @@ fn main() {
         init_runs_once_in_every_worker_and_its_state_lives_between_tasks,
         a_failing_init_fails_the_queued_tasks_without_a_respawn_storm,
         a_pool_whose_init_fails_recovers_once_it_can_start,
+        shutdown_during_a_back_off_fails_the_waiting_task_without_an_attempt,
         an_init_that_hangs_panics_or_exits_fails_with_what_happened,
         an_elastic_pool_grows_under_load_and_shrinks_when_idle,
         min_workers_zero_starts_workers_only_for_tasks,

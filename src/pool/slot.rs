@@ -143,6 +143,21 @@ async fn turn(
                 continue;
             }
             probe = true;
+            let demand = driver.state.demand.listen();
+            if queue.is_closed() {
+                // Shutting down while no worker can start: what is queued fails now instead
+                // of waiting for the back-off and one more attempt.
+                let error = driver
+                    .state
+                    .startup_error()
+                    .unwrap_or(TaskError::PoolClosed);
+                let queued = waiting.take().into_iter();
+                for job in queued.chain(std::iter::from_fn(|| queue.try_recv().ok())) {
+                    fail(driver, job, &error);
+                }
+                breaker.drop_probe();
+                return None;
+            }
             let Some(job) = waiting.as_ref() else {
                 let next = future::or(async { Some(next_live_job(queue).await) }, async {
                     changed.await;
@@ -164,9 +179,9 @@ async fn turn(
             let back_off = async {
                 Timer::at(until).await;
             };
-            // A job cancelled during the back-off needs no worker.
+            // A job cancelled during the back-off needs no worker; a closed queue, none at all.
             let job_ended = until_finished(&*job.task);
-            future::or(back_off, future::or(job_ended, changed)).await;
+            future::or(back_off, future::or(job_ended, future::or(changed, demand))).await;
             if job.task.is_finished() {
                 *waiting = None;
                 breaker.drop_probe();
