@@ -168,12 +168,7 @@ async fn timeout_and_crash_fail_their_task_and_the_worker_is_replaced() {
 async fn a_killed_launcher_fails_the_task_and_leaves_nothing_running() {
     let dir = temp_dir("launcher-killed");
     let tag = dir.display().to_string();
-    let pool = ProcessPool::builder()
-        .workers(1)
-        .launcher(relay())
-        .env("OFFLOAD_TEST_TAG", &tag)
-        .build()
-        .unwrap();
+    let pool = common::tagged_pool(relay(), &tag);
     let path = dir.join("sleeper");
     let mut task = pool.spawn(sleeper_then_spin, path.clone());
     let sleeper = read_pid(&path);
@@ -239,17 +234,7 @@ async fn isolated_runs_each_call_in_a_fresh_remote_process() {
 /// before its program: `sh -c 'cd …' sh DIR env K=V program --worker`).
 async fn workers_get_the_environment_and_directory_they_are_given() {
     for launcher in [shell(), relay()] {
-        let dir = common::temp_dir("command-env");
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .launcher(launcher)
-            .env("OFFLOAD_TEST_VAR", "it's one")
-            .current_dir(&dir)
-            .build()
-            .unwrap();
-        let (var, cwd) = pool.spawn(common::env_and_dir, ()).await.unwrap();
-        assert_eq!(var.as_deref(), Some("it's one"));
-        assert_eq!(cwd, dir.canonicalize().unwrap());
+        common::assert_environment_and_directory_reach_workers(launcher).await;
     }
 }
 

@@ -144,12 +144,7 @@ async fn a_crash_fails_its_task_and_the_worker_is_replaced() {
 async fn a_killed_ssh_client_fails_the_task_and_leaves_nothing_running() {
     let dir = temp_dir("ssh-killed");
     let tag = dir.display().to_string();
-    let pool = ProcessPool::builder()
-        .workers(1)
-        .launcher(launcher())
-        .env("OFFLOAD_TEST_TAG", &tag)
-        .build()
-        .unwrap();
+    let pool = common::tagged_pool(launcher(), &tag);
     let path = dir.join("sleeper");
     let mut task = pool.spawn(sleeper_then_spin, path.clone());
     let sleeper = read_pid(&path);
@@ -250,17 +245,7 @@ async fn an_unreachable_host_fails_clearly() {
 
 /// The pool's environment and directory reach the workers on the other side.
 async fn workers_get_the_environment_and_directory_they_are_given() {
-    let dir = common::temp_dir("ssh-env");
-    let pool = ProcessPool::builder()
-        .workers(1)
-        .launcher(launcher())
-        .env("OFFLOAD_TEST_VAR", "it's one")
-        .current_dir(&dir)
-        .build()
-        .unwrap();
-    let (var, cwd) = pool.spawn(common::env_and_dir, ()).await.unwrap();
-    assert_eq!(var.as_deref(), Some("it's one"));
-    assert_eq!(cwd, dir.canonicalize().unwrap());
+    common::assert_environment_and_directory_reach_workers(launcher()).await;
 }
 
 fn main() {

@@ -37,13 +37,12 @@ const QUICK_EXIT: Duration = Duration::from_millis(2);
 /// retires it after the pool's idle timeout.
 pub(crate) async fn slot(
     driver: Rc<Driver>,
-    first: Option<Starting>,
+    mut first: Option<Starting>,
     elastic: bool,
     queue: Receiver<Job>,
 ) -> Finished {
     let state = &driver.state;
     let counters = &state.counters;
-    let mut first = first;
     // A job taken from the queue before a worker existed for it (on-demand slots, the
     // breaker's probe).
     let mut waiting: Option<Job> = None;
@@ -67,7 +66,8 @@ pub(crate) async fn slot(
         };
         match started {
             Ok(worker) => {
-                if driver.breaker.open_until().is_some() || state.startup_error().is_some() {
+                // Set exactly while the breaker is open (since its trip).
+                if state.startup_error().is_some() {
                     state.set_startup_error(None);
                 }
                 driver.breaker.succeeded();

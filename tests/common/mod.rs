@@ -293,6 +293,32 @@ pub fn env_and_dir() -> (Option<String>, PathBuf) {
     )
 }
 
+/// Asserts that a pool's `env` and `current_dir` reach a worker started by `launcher`.
+pub async fn assert_environment_and_directory_reach_workers(launcher: offload::Launcher) {
+    let dir = temp_dir("environment");
+    let pool = offload::ProcessPool::builder()
+        .workers(1)
+        .launcher(launcher)
+        .env("OFFLOAD_TEST_VAR", "it's one")
+        .current_dir(&dir)
+        .build()
+        .unwrap();
+    let (var, cwd) = pool.spawn(env_and_dir, ()).await.unwrap();
+    assert_eq!(var.as_deref(), Some("it's one"));
+    assert_eq!(cwd, dir.canonicalize().unwrap());
+}
+
+/// A pool of one worker started by `launcher`, whose launcher process mentions `tag` (in its
+/// environment or command line), for [`kill_children_mentioning`].
+pub fn tagged_pool(launcher: offload::Launcher, tag: &str) -> offload::ProcessPool {
+    offload::ProcessPool::builder()
+        .workers(1)
+        .launcher(launcher)
+        .env("OFFLOAD_TEST_TAG", tag)
+        .build()
+        .unwrap()
+}
+
 /// Kills (`SIGKILL`) this process's children whose command line or environment mentions
 /// `tag` (a pool's `env("OFFLOAD_TEST_TAG", tag)` shows in its launcher's), so that a test
 /// kills its own launcher and not those of the tests running beside it. Returns how many.
