@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
-CHILD_SIDE = {"child", "func"}
+CHILD_SIDE = {"child", "func", "inside"}
 PARENT_SIDE = {"supervise", "launch", "task", "pool", "map", "executor", "scope", "default"}
 
 

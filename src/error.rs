@@ -15,7 +15,7 @@ use std::time::Duration;
 /// ```
 /// use offload::TaskError;
 ///
-/// let e = TaskError::WorkerDied { pid: 4242, code: None, signal: Some(6) };
+/// let e = TaskError::WorkerDied { pid: 4242, code: None, signal: Some(6), stderr: None };
 /// assert!(e.is_worker_died());
 /// assert_eq!(e.to_string(), "worker process 4242 died: killed by signal 6 (SIGABRT)");
 /// ```
@@ -45,6 +45,10 @@ pub enum TaskError {
         code: Option<i32>,
         /// The signal that killed it, if one did.
         signal: Option<i32>,
+        /// The last lines it wrote to its stderr (at most [`STDERR_TAIL`](TaskError::STDERR_TAIL)
+        /// bytes, of any task it ran), which often say why it died; `None` if it wrote
+        /// nothing.
+        stderr: Option<String>,
     },
     /// The worker running the task tried to allocate beyond the pool's
     /// [`memory_limit`](crate::PoolBuilder::memory_limit) and aborted. The pool replaced it.
@@ -78,6 +82,9 @@ pub enum TaskError {
 }
 
 impl TaskError {
+    /// The most bytes of a dead worker's stderr kept in [`TaskError::WorkerDied`] (4 KiB).
+    pub const STDERR_TAIL: usize = 4096;
+
     /// Returns `true` for [`TaskError::Panicked`].
     pub fn is_panicked(&self) -> bool {
         matches!(self, TaskError::Panicked { .. })
@@ -163,7 +170,12 @@ impl fmt::Display for TaskError {
             }
             TaskError::TimedOut { after } => write!(f, "task timed out after {after:?}"),
             TaskError::Cancelled => f.write_str("task was cancelled"),
-            TaskError::WorkerDied { pid, code, signal } => {
+            TaskError::WorkerDied {
+                pid,
+                code,
+                signal,
+                stderr,
+            } => {
                 write!(f, "worker process {pid} died: ")?;
                 match (code, signal) {
                     (Some(code), _) => write!(f, "exited with code {code}"),
@@ -172,6 +184,10 @@ impl fmt::Display for TaskError {
                         None => write!(f, "killed by signal {signal}"),
                     },
                     (None, None) => f.write_str("exit status unknown"),
+                }?;
+                match stderr {
+                    Some(said) => write!(f, "; its stderr ended with: {said}"),
+                    None => Ok(()),
                 }
             }
             TaskError::MemoryLimit { pid, limit } => write!(

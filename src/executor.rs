@@ -183,7 +183,7 @@ impl Isolated {
     /// # offload::init();
     /// let isolated = Isolated::with_max_procs(4).launcher(Launcher::ssh("node1"));
     /// assert_eq!(isolated.spawn(risky, 21).wait()?, 42);
-    /// # Ok::<(), offload::TaskError>(())
+    /// # Ok::<(), offload::Error>(())
     /// ```
     pub fn launcher(self, launcher: Launcher) -> Isolated {
         if self.lock().is_some() {

@@ -100,6 +100,7 @@ mod default;
 mod error;
 mod executor;
 mod func;
+mod inside;
 mod launch;
 mod map;
 mod pool;
@@ -115,7 +116,7 @@ pub use crate::default::{
 };
 pub use crate::error::{Error, TaskError};
 pub use crate::executor::{Executor, Isolated, MAX_PROCS_ENV, MAX_PROCS_LIMIT};
-pub use crate::func::{AsyncTaskFn, InitFn, InitOutput, TaskFn};
+pub use crate::func::{AsyncTaskFn, InitFn, InitOutput, StreamFn, TaskFn};
 pub use crate::launch::Launcher;
 pub use crate::map::{Map, MapUnordered};
 pub use crate::pool::{
@@ -123,7 +124,7 @@ pub use crate::pool::{
 };
 pub use crate::protocol::MAX_FRAME_LEN;
 pub use crate::scope::TaskScope;
-pub use crate::task::{ProcessTask, TaskInfo, TaskStatus};
+pub use crate::task::{ProcessStream, ProcessTask, Progress, TaskInfo, TaskOutput, TaskStatus};
 
 /// Turns this process into a worker if it was started as one; otherwise returns at once.
 ///
@@ -146,6 +147,42 @@ pub use crate::task::{ProcessTask, TaskInfo, TaskStatus};
 #[allow(clippy::needless_doctest_main)]
 pub fn init() {
     child::init();
+}
+
+/// Reports, from inside a task, that it has done `done` of `total` (in any unit: items, rows,
+/// bytes).
+///
+/// The parent sees the latest report as [`ProcessTask::progress`] and
+/// [`TaskInfo::progress`], and runs the task's
+/// [`on_progress`](TaskBuilder::on_progress) callback with it. It is cheap enough to call for
+/// every item: reports are coalesced in the worker (the latest wins, and at most one leaves
+/// every 5 ms), and the last report of a task always reaches the parent before its result.
+/// Outside a worker process, and inside the items of a [`map`](ProcessPool::map) (whose
+/// progress is the items done), it does nothing.
+///
+/// # Examples
+///
+/// ```no_run
+/// # offload::init();
+/// fn checksum(rows: u64) -> u64 {
+///     let mut sum = 0u64;
+///     for row in 0..rows {
+///         sum = sum.wrapping_mul(31).wrapping_add(row);
+///         offload::progress(row + 1, rows);
+///     }
+///     sum
+/// }
+///
+/// # futures_lite::future::block_on(async {
+/// let pool = offload::ProcessPool::new(1)?;
+/// let mut task = pool.spawn(checksum, 1_000);
+/// (&mut task).await?;
+/// let progress = task.progress().unwrap();
+/// assert_eq!((progress.done, progress.total), (1_000, 1_000));
+/// # Ok::<(), offload::Error>(()) }).unwrap();
+/// ```
+pub fn progress(done: u64, total: u64) {
+    inside::progress::report(done, total);
 }
 
 /// The README's example, compiled as a doctest so that it stays true.

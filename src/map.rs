@@ -10,10 +10,11 @@
 //! worker, and never so large that the last chunks leave workers idle.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use std::{fmt, mem};
@@ -28,11 +29,12 @@ use crate::func::{func_name, TaskFn};
 use crate::pool::submit::{submit, Call};
 use crate::pool::{ProcessPool, TaskBuilder};
 use crate::protocol::chunk::{decode_chunk, EncodedItems};
+use crate::protocol::RUN_ITEM_PROGRESS;
 use crate::task::args::ArgsLayout;
 use crate::task::blocking::block_on;
 use crate::task::options::TaskOptions;
 use crate::task::shared::Decoder;
-use crate::task::ProcessTask;
+use crate::task::{ProcessTask, Progress, TaskInfo};
 
 /// How long a chunk should take in a worker, once per-item times are known.
 const TARGET_CHUNK_TIME: Duration = Duration::from_millis(5);
@@ -219,6 +221,59 @@ pub struct MapUnordered<I, R> {
     ready: VecDeque<(usize, Result<R, TaskError>)>,
     /// Run time per item in the last chunk that finished.
     per_item: Option<Duration>,
+    /// `Run` flags of every chunk.
+    flags: u8,
+    /// The items done, for an `on_progress` callback.
+    progress: Option<Arc<MapProgress>>,
+}
+
+/// The progress of a whole `map`, which its `on_progress` callback is shown: the items of
+/// the chunks that finished, and those the running chunks report done.
+struct MapProgress {
+    state: Mutex<MapTally>,
+}
+
+#[derive(Default)]
+struct MapTally {
+    /// Items whose chunk finished.
+    finished: u64,
+    /// Items done in each running chunk, by task id.
+    running: HashMap<u64, u64>,
+    /// Items in the map (or taken from its input so far, when its length is not known).
+    total: u64,
+    /// The last `done` shown: what is shown never goes back (a retried chunk's items count
+    /// once more when they are done again).
+    shown: u64,
+}
+
+impl MapProgress {
+    fn lock(&self) -> MutexGuard<'_, MapTally> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that chunk `task` has done `done` of its items; returns the map's progress.
+    fn chunk_did(&self, task: u64, done: u64) -> Progress {
+        let mut tally = self.lock();
+        tally.running.insert(task, done);
+        let done = tally.finished + tally.running.values().sum::<u64>();
+        tally.shown = tally.shown.max(done.min(tally.total));
+        Progress {
+            done: tally.shown,
+            total: tally.total,
+        }
+    }
+
+    /// Records that chunk `task` ended; its `items` count as done unless they are retried.
+    fn chunk_ended(&self, task: u64, items: Option<u64>) {
+        let mut tally = self.lock();
+        tally.running.remove(&task);
+        tally.finished += items.unwrap_or(0);
+    }
+
+    fn set_total(&self, total: u64) {
+        let mut tally = self.lock();
+        tally.total = tally.total.max(total);
+    }
 }
 
 impl<I, R> MapUnordered<I, R>
@@ -227,11 +282,36 @@ where
     I::Item: Serialize,
     R: DeserializeOwned + Send + 'static,
 {
-    fn new<F, M>(pool: Result<ProcessPool, TaskError>, items: I, options: TaskOptions) -> Self
+    fn new<F, M>(pool: Result<ProcessPool, TaskError>, items: I, mut options: TaskOptions) -> Self
     where
         F: TaskFn<M, Args = I::Item, Output = R>,
     {
+        // An `on_progress` callback is shown the whole map's progress, from every chunk's.
+        let progress = options.on_progress.take().map(|callback| {
+            let progress = Arc::new(MapProgress {
+                state: Mutex::new(MapTally::default()),
+            });
+            if let (low, Some(high)) = items.size_hint() {
+                if low == high {
+                    progress.set_total(low as u64);
+                }
+            }
+            let tally = progress.clone();
+            options.on_progress = Some(Arc::new(move |info: &TaskInfo| {
+                if let Some(chunk) = info.progress() {
+                    let map = tally.chunk_did(info.id(), chunk.done);
+                    callback(&info.clone().with_progress(map));
+                }
+            }));
+            progress
+        });
         MapUnordered {
+            flags: if progress.is_some() {
+                RUN_ITEM_PROGRESS
+            } else {
+                0
+            },
+            progress,
             pool,
             entry: chunk_entry_of::<F, M>(),
             func_name: func_name::<F>(),
@@ -291,6 +371,9 @@ where
                 self.ready.push_back((index, Err(TaskError::Encode(error))));
             }
         }
+        if let Some(progress) = &self.progress {
+            progress.set_total(self.next_index as u64);
+        }
         if !indices.is_empty() {
             self.send(indices, items);
         }
@@ -335,6 +418,8 @@ where
             decode: self.decode,
             layout: ArgsLayout::Chunk,
             options,
+            flags: self.flags,
+            stream: None,
         };
         let task = submit(self.pool.as_ref().map_err(Clone::clone), call, |frame| {
             items.write_payload(frame);
@@ -358,6 +443,19 @@ where
             items,
             task,
         } = chunk;
+        let retried = matches!(
+            &outcome,
+            Err(
+                TaskError::WorkerDied { .. }
+                    | TaskError::MemoryLimit { .. }
+                    | TaskError::Protocol(_)
+                    | TaskError::TimedOut { .. },
+            ) if indices.len() > 1
+        );
+        if let Some(progress) = &self.progress {
+            let items = (!retried).then_some(indices.len() as u64);
+            progress.chunk_ended(task.id(), items);
+        }
         match outcome {
             Ok(results) if results.len() == indices.len() => {
                 if let Some(duration) = task.duration() {
@@ -375,12 +473,7 @@ where
                     .extend(indices.into_iter().map(|i| (i, Err(error.clone()))));
             }
             // Only the item that kills its worker, or runs too long, should fail for it.
-            Err(
-                TaskError::WorkerDied { .. }
-                | TaskError::MemoryLimit { .. }
-                | TaskError::Protocol(_)
-                | TaskError::TimedOut { .. },
-            ) if indices.len() > 1 => {
+            Err(_) if retried => {
                 for (index, item) in indices.into_iter().zip(items.split()) {
                     self.send(vec![index], item);
                 }

@@ -113,6 +113,7 @@ async fn abort_fails_its_task_with_sigabrt_and_is_replaced() {
             pid: died,
             code: None,
             signal: Some(6),
+            ..
         } => assert_eq!(died, pid),
         other => panic!("expected death by SIGABRT, got {other:?}"),
     }

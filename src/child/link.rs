@@ -2,10 +2,11 @@
 //! stdout, read and written in frames.
 
 use std::fs::File;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader};
 
 use rustix::event::{PollFd, PollFlags};
 
+use crate::inside::{self, Channel};
 use crate::protocol::frame;
 use crate::protocol::{FromWorker, ToWorker};
 
@@ -18,8 +19,10 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// The worker's link to its parent.
 pub(super) struct ParentLink {
-    pub(super) input: BufReader<File>,
-    pub(super) output: File,
+    /// The input; lent to the task while it runs (see [`lend_input`](ParentLink::lend_input)).
+    input: Option<BufReader<File>>,
+    /// The output, shared with what tasks report.
+    pub(super) output: &'static Channel,
     /// The body of the last frame read.
     frame: Vec<u8>,
     /// Where the payload starts in `frame`, after the header.
@@ -42,17 +45,40 @@ impl ParentLink {
         )?;
         stdio::dup2_stdin(&null)?;
         Ok(ParentLink {
-            input: BufReader::with_capacity(READ_BUFFER, File::from(input)),
-            output: File::from(output),
+            input: Some(BufReader::with_capacity(READ_BUFFER, File::from(input))),
+            output: inside::install(File::from(output)),
             frame: Vec::new(),
             payload_start: 0,
         })
     }
 
+    /// The input, which is only ever away while a task runs.
+    pub(super) fn input(&mut self) -> &mut BufReader<File> {
+        self.input
+            .as_mut()
+            .expect("the input is back once a task ends")
+    }
+
+    /// Lends the input to the task about to run.
+    pub(super) fn lend_input(&mut self) -> Option<BufReader<File>> {
+        self.input.take()
+    }
+
+    /// Takes back the input lent to a task that ended.
+    pub(super) fn take_back_input(&mut self, input: Option<BufReader<File>>) {
+        if input.is_some() {
+            self.input = input;
+        }
+    }
+
     /// Reads the next header; `None` at end of input (the parent is gone or done).
     pub(super) fn receive(&mut self) -> Result<Option<ToWorker>, String> {
         self.spin_for_input();
-        match frame::read_frame(&mut self.input, &mut self.frame) {
+        let input = self
+            .input
+            .as_mut()
+            .expect("the input is back once a task ends");
+        match frame::read_frame(input, &mut self.frame) {
             Ok(true) => {
                 let (header, payload) = frame::split(&self.frame)
                     .map_err(|e| format!("undecodable message from the parent: {e}"))?;
@@ -67,7 +93,10 @@ impl ParentLink {
     /// Polls for input for up to [`SPIN`] before the blocking read: a task that arrives soon
     /// after the last one then starts without waiting for this process to be woken.
     fn spin_for_input(&self) {
-        if !self.input.buffer().is_empty() {
+        let Some(input) = self.input.as_ref() else {
+            return;
+        };
+        if !input.buffer().is_empty() {
             return;
         }
         let now = rustix::time::Timespec {
@@ -76,7 +105,7 @@ impl ParentLink {
         };
         let started = std::time::Instant::now();
         while started.elapsed() < SPIN {
-            let mut fds = [PollFd::new(self.input.get_ref(), PollFlags::IN)];
+            let mut fds = [PollFd::new(input.get_ref(), PollFlags::IN)];
             if rustix::event::poll(&mut fds, Some(&now)).unwrap_or(1) > 0 {
                 return; // input (or an error, which the read will report)
             }
@@ -96,7 +125,9 @@ impl ParentLink {
 
     /// Whether frames wait in the buffer, where only this thread can see them.
     pub(super) fn has_buffered_input(&self) -> bool {
-        !self.input.buffer().is_empty()
+        self.input
+            .as_ref()
+            .is_some_and(|input| !input.buffer().is_empty())
     }
 
     /// The body of the last frame read, and where its payload starts.
@@ -109,10 +140,8 @@ impl ParentLink {
         self.write(&frame::frame(header))
     }
 
-    /// Writes a complete frame.
+    /// Writes a complete frame that belongs to no task.
     pub(super) fn write(&mut self, frame: &[u8]) -> Result<(), String> {
-        self.output
-            .write_all(frame)
-            .map_err(|e| format!("could not write to the parent: {e}"))
+        self.output.write(frame)
     }
 }

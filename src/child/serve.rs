@@ -14,10 +14,11 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::link::ParentLink;
+use crate::inside::logger;
 use crate::protocol::build::{build_id, content_id, target};
 use crate::protocol::{entry, frame, CodecFailure, FromWorker, ToWorker};
 use crate::sys::panic::{self, Panic};
-use crate::sys::signal::Signal;
+use crate::sys::signal::{kill_own_group, Signal};
 
 /// Serves the parent on this process's stdin and stdout until it says `Shutdown` or goes away.
 pub(super) fn serve() -> Result<(), String> {
@@ -31,6 +32,7 @@ pub(super) fn serve() -> Result<(), String> {
             memory_limit,
             remote,
             target: parent_target,
+            log_level,
         }) => {
             let own = if remote { content_id() } else { build_id() };
             let refusal = if remote && parent_target != target() {
@@ -59,6 +61,7 @@ pub(super) fn serve() -> Result<(), String> {
                 rustix::process::setrlimit(rustix::process::Resource::As, limit)
                     .map_err(|e| format!("could not set its memory limit: {e}"))?;
             }
+            logger::install(log_level);
             (parent, remote, own)
         }
         Some(other) => {
@@ -86,21 +89,43 @@ pub(super) fn serve() -> Result<(), String> {
     }
 }
 
-/// One task at a time, the input read on this thread between tasks.
+/// One task at a time, the input read on this thread between tasks, and lent to the task
+/// while it runs (a stream reads its credit there).
 fn serve_locally(mut link: ParentLink) -> Result<(), String> {
     let mut reply = Vec::new();
     loop {
-        let (id, entry) = match link.receive()? {
+        let job = match link.receive()? {
             None | Some(ToWorker::Shutdown) => return Ok(()),
-            Some(ToWorker::Run { id, entry }) => (id, entry),
+            Some(ToWorker::Run {
+                id,
+                entry,
+                flags,
+                window,
+            }) => Job {
+                id,
+                entry,
+                flags,
+                window,
+            },
+            // Credit that crossed the end of its stream.
+            Some(ToWorker::Credit { .. }) => continue,
             Some(other) => return Err(format!("unexpected message {other:?}")),
         };
+        let lent = link.lend_input();
         let (body, payload_start) = link.last_frame();
         // A reply buffer that a large result grew is given back when the next job is small.
         frame::shrink_for(&mut reply, body.len());
-        run(id, entry, &body[payload_start..], &mut reply);
-        link.write(&reply)?;
+        run(&link, &job, lent, &body[payload_start..], &mut reply)
+            .map(|input| link.take_back_input(input))?;
     }
+}
+
+/// What a `Run` frame asks for.
+struct Job {
+    id: u64,
+    entry: u64,
+    flags: u8,
+    window: u64,
 }
 
 /// One task at a time, read on this thread between tasks; while a task runs, the control
@@ -108,7 +133,7 @@ fn serve_locally(mut link: ParentLink) -> Result<(), String> {
 /// Tasks always run on the main thread, and no job waits for a thread to wake up.
 fn serve_remotely(mut link: ParentLink) -> Result<(), String> {
     let input = link
-        .input
+        .input()
         .get_ref()
         .try_clone()
         .map_err(|e| format!("could not copy its input descriptor: {e}"))?;
@@ -128,22 +153,38 @@ fn serve_remotely(mut link: ParentLink) -> Result<(), String> {
             Some(body) => Some(link.take_frame(body)?),
             None => link.receive()?,
         };
-        let (id, entry) = match header {
+        let job = match header {
             // The parent, or the connection to it, is gone: nothing may be left running.
-            None => kill_all(),
+            None => kill_own_group(),
             Some(ToWorker::Shutdown) => return Ok(()),
             // A stop that crossed the end of its task: the parent expects this worker to go.
             Some(ToWorker::Stop { grace_ms }) => stop_group(grace_ms),
-            Some(ToWorker::Run { id, entry }) => (id, entry),
+            Some(ToWorker::Run {
+                id,
+                entry,
+                flags,
+                window,
+            }) => Job {
+                id,
+                entry,
+                flags,
+                window,
+            },
+            // Credit that crossed the end of its stream.
+            Some(ToWorker::Credit { .. }) => continue,
             Some(other) => return Err(format!("unexpected message {other:?}")),
         };
         // What came right behind the job is in this thread's buffer, out of the control
-        // thread's sight: only a stop may come there, and it is obeyed before the job starts.
-        if link.has_buffered_input() {
+        // thread's sight: only a stop (obeyed before the job starts) or the late credit of a
+        // stream that ended may come there.
+        while link.has_buffered_input() {
             let mut behind = Vec::new();
-            match frame::read_frame(&mut link.input, &mut behind) {
-                Ok(true) => obey(frame::split(&behind)),
-                Ok(false) | Err(_) => kill_all(),
+            match frame::read_frame(link.input(), &mut behind) {
+                Ok(true) => match frame::split::<ToWorker>(&behind) {
+                    Ok((ToWorker::Credit { .. }, _)) => {}
+                    other => obey(other),
+                },
+                Ok(false) | Err(_) => kill_own_group(),
             }
         }
         if turn.send(()).is_err() {
@@ -151,8 +192,7 @@ fn serve_remotely(mut link: ParentLink) -> Result<(), String> {
         }
         let (body, payload_start) = link.last_frame();
         frame::shrink_for(&mut reply, body.len());
-        run(id, entry, &body[payload_start..], &mut reply);
-        link.write(&reply)?;
+        run(&link, &job, None, &body[payload_start..], &mut reply)?;
         // Take the input back: wake the control thread and wait until it lets go.
         rustix::io::write(&wake, &[1])
             .map_err(|e| format!("could not wake its control thread: {e}"))?;
@@ -196,10 +236,15 @@ fn control(
             match frame::read_frame(&mut input, &mut body) {
                 Ok(true) => {}
                 // The parent, or the connection to it, is gone: nothing may be left running.
-                Ok(false) | Err(_) => kill_all(),
+                Ok(false) | Err(_) => kill_own_group(),
             }
             match frame::split::<ToWorker>(&body) {
                 Ok((ToWorker::Run { .. } | ToWorker::Shutdown, _)) => next = Some(body),
+                Ok((ToWorker::Credit { id, items }, _)) => {
+                    if let Some(channel) = crate::inside::channel() {
+                        channel.grant(id, items);
+                    }
+                }
                 other => obey(other),
             }
         }
@@ -216,11 +261,11 @@ fn obey(frame: Result<(ToWorker, &[u8]), String>) -> ! {
         Ok((ToWorker::Stop { grace_ms }, _)) => stop_group(grace_ms),
         Ok((other, _)) => {
             eprintln!("offload worker: unexpected message {other:?} while running a task");
-            kill_all()
+            kill_own_group()
         }
         Err(e) => {
             eprintln!("offload worker: undecodable message from the parent: {e}");
-            kill_all()
+            kill_own_group()
         }
     }
 }
@@ -230,21 +275,13 @@ fn obey(frame: Result<(ToWorker, &[u8]), String>) -> ! {
 fn stop_group(grace_ms: u64) -> ! {
     kill_group(Signal::TERM);
     std::thread::sleep(Duration::from_millis(grace_ms));
-    kill_all()
+    kill_own_group()
 }
 
 /// Sends `signal` to this worker's process group: itself and every process its tasks started
 /// that stayed in the group.
 fn kill_group(signal: Signal) {
     let _ = rustix::process::kill_current_process_group(signal);
-}
-
-/// `SIGKILL` to the whole process group, this process included.
-fn kill_all() -> ! {
-    kill_group(Signal::KILL);
-    // A signal a process sends its own group is delivered before `kill` returns; should the
-    // group not be signalled at all, this process still goes.
-    std::process::abort()
 }
 
 /// Dies with the parent: a local worker gets `SIGKILL` when the process that started it exits
@@ -266,8 +303,31 @@ fn follow_parent(parent: u32, remote: bool) -> Result<bool, String> {
     Ok(current == parent)
 }
 
-/// Runs task `id` and leaves the complete reply frame in `reply`.
-fn run(id: u64, entry: u64, args: &[u8], reply: &mut Vec<u8>) {
+/// Runs `job` on its arguments `args`, and writes its reply (after everything the task
+/// reported). `lent` is the input a local worker lends the task; it is given back.
+fn run(
+    link: &ParentLink,
+    job: &Job,
+    lent: Option<std::io::BufReader<File>>,
+    args: &[u8],
+    reply: &mut Vec<u8>,
+) -> Result<Option<std::io::BufReader<File>>, String> {
+    let channel = link.output;
+    match channel.begin(job.id, job.flags, job.window, lent) {
+        Ok(()) => call(job.id, job.entry, args, reply),
+        Err(message) => {
+            *reply = frame::frame(&FromWorker::Panicked {
+                id: job.id,
+                message: format!("offload: {message}"),
+                location: None,
+            })
+        }
+    }
+    channel.end(reply)
+}
+
+/// Calls the trampoline at `entry` for task `id` and leaves the complete reply frame in `reply`.
+fn call(id: u64, entry: u64, args: &[u8], reply: &mut Vec<u8>) {
     // SAFETY: the parent passed the handshake, so it runs this very executable file (or, for
     // a remote worker, a file of the same content), and it sends only entries it made with
     // `entry::entry_for` for a trampoline of `func`.

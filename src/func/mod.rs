@@ -78,6 +78,7 @@ mod sealed {
     pub trait SealedAsync<M> {}
     pub trait SealedInit<M> {}
     pub trait SealedOutput {}
+    pub trait SealedStream<M> {}
 }
 
 /// An async function that can run in a worker process, on `async_io::block_on` there.
@@ -192,7 +193,47 @@ impl<E: std::fmt::Display> InitOutput for Result<(), E> {
     }
 }
 
-/// Implements [`TaskFn`] and [`AsyncTaskFn`] for functions of the given parameters, passed as
+/// A function whose result is a sequence of items, sent to the parent one by one as the
+/// worker produces them: see [`ProcessPool::spawn_stream`](crate::ProcessPool::spawn_stream).
+///
+/// It is implemented for every function item and non-capturing closure whose parameters are
+/// as for [`TaskFn`] and whose result is an [`IntoIterator`] of
+/// `Serialize + DeserializeOwned + Send + 'static` items: a `Vec`, a range, an iterator
+/// adapter (`impl Iterator<Item = T>`). The iterator runs in the worker, and need not be
+/// `Send`.
+///
+/// This trait is sealed: only the blanket implementations exist.
+///
+/// # Examples
+///
+/// ```no_run
+/// # offload::init();
+/// use futures_lite::StreamExt;
+///
+/// fn squares(n: u64) -> impl Iterator<Item = u64> {
+///     (0..n).map(|i| i * i)
+/// }
+///
+/// # futures_lite::future::block_on(async {
+/// let pool = offload::ProcessPool::new(1)?;
+/// let all: Vec<u64> = pool.spawn_stream(squares, 4).map(Result::unwrap).collect().await;
+/// assert_eq!(all, [0, 1, 4, 9]);
+/// # Ok::<(), offload::Error>(()) }).unwrap();
+/// ```
+pub trait StreamFn<M>: sealed::SealedStream<M> + Copy + Send + Sync + 'static {
+    /// What the caller passes: the argument itself, a tuple of them, or `()`.
+    type Args: Serialize + DeserializeOwned + Send + 'static;
+    /// What the function returns.
+    type Items: IntoIterator<Item = Self::Item>;
+    /// One item.
+    type Item: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Calls the function.
+    #[doc(hidden)]
+    fn call(self, args: Self::Args) -> Self::Items;
+}
+
+/// Implements [`TaskFn`], [`AsyncTaskFn`] and [`StreamFn`] for functions of the given parameters, passed as
 /// `$args` (a type) and taken apart by the pattern `$pat`.
 macro_rules! impl_fns {
     (($($a:ident),*), $args:ty, $pat:pat, ($($arg:ident),*)) => {
@@ -230,6 +271,28 @@ macro_rules! impl_fns {
 
             #[allow(non_snake_case)]
             fn call(self, $pat: Self::Args) -> Fut {
+                self($($arg),*)
+            }
+        }
+
+        impl<F, $($a,)* R> sealed::SealedStream<fn($($a),*) -> R> for F
+        where
+            F: Fn($($a),*) -> R,
+        {
+        }
+        impl<F, $($a,)* R> StreamFn<fn($($a),*) -> R> for F
+        where
+            F: Fn($($a),*) -> R + Copy + Send + Sync + 'static,
+            $($a: Serialize + DeserializeOwned + Send + 'static,)*
+            R: IntoIterator,
+            R::Item: Serialize + DeserializeOwned + Send + 'static,
+        {
+            type Args = $args;
+            type Items = R;
+            type Item = R::Item;
+
+            #[allow(non_snake_case)]
+            fn call(self, $pat: Self::Args) -> R {
                 self($($arg),*)
             }
         }

@@ -6,13 +6,14 @@ use std::cell::Cell;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{AsyncTaskFn, InitFn, InitOutput, TaskFn};
+use super::{AsyncTaskFn, InitFn, InitOutput, StreamFn, TaskFn};
+use crate::inside::{self, progress, stream::Items};
 use crate::protocol::chunk::{
     begin_segment, end_segment, Segments, ITEM_DECODE, ITEM_ENCODE, ITEM_OK, ITEM_PANICKED,
 };
 use crate::protocol::codec;
 use crate::protocol::entry::entry_for;
-use crate::protocol::CodecFailure;
+use crate::protocol::{CodecFailure, RUN_ITEM_PROGRESS};
 use crate::sys::panic::catch;
 
 /// The entry of `F`'s trampoline.
@@ -37,6 +38,12 @@ pub(crate) fn chunk_entry_of<F: TaskFn<M>, M>() -> u64 {
 pub(crate) fn init_entry_of<F: InitFn<M>, M>() -> u64 {
     const { assert_zero_sized::<F>() };
     entry_for(init_trampoline::<F, M>)
+}
+
+/// The entry of the trampoline that runs the stream function `F`.
+pub(crate) fn stream_entry_of<F: StreamFn<M>, M>() -> u64 {
+    const { assert_zero_sized::<F>() };
+    entry_for(stream_trampoline::<F, M>)
 }
 
 /// Decodes the arguments of a task.
@@ -74,6 +81,32 @@ fn init_trampoline<F: InitFn<M>, M>(_args: &[u8], out: &mut Vec<u8>) -> Result<(
     encode_output(out, &f.call().into_result())
 }
 
+/// Calls the stream function `F` and sends its items as they come, within the credit the
+/// parent grants; the result is the number of items. Every item produced before a panic (or
+/// an item that does not encode) is written before the reply that reports it.
+fn stream_trampoline<F: StreamFn<M>, M>(
+    args: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CodecFailure> {
+    let args = decode_args(args)?;
+    let mut items = Items::open().map_err(CodecFailure::Encode)?;
+    // SAFETY: `F: StreamFn<M>`, so `conjure`'s contract holds (see its proof).
+    let f = unsafe { conjure::<F>() };
+    // Not `catch`: the panic goes on to the worker's own `catch` once the items are out, with
+    // the location its hook recorded.
+    let produced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        f.call(args)
+            .into_iter()
+            .try_for_each(|item| items.send(&item))
+    }));
+    let count = items.finish();
+    match produced {
+        Ok(Ok(())) => encode_output(out, &count),
+        Ok(Err(msg)) => Err(CodecFailure::Encode(format!("item {count}: {msg}"))),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 /// Runs `F` on every item of a chunk, each under its own `catch`, so that one item's panic or
 /// codec error is that item's outcome alone.
 ///
@@ -85,11 +118,16 @@ fn chunk_trampoline<F: TaskFn<M>, M>(
     out: &mut Vec<u8>,
 ) -> Result<(), CodecFailure> {
     let items = Segments::new(payload, false).map_err(CodecFailure::Decode)?;
+    let total = items.count as u64;
     out.extend_from_slice(&(items.count as u32).to_le_bytes());
+    let report = inside::channel().is_some_and(|c| c.flags() & RUN_ITEM_PROGRESS != 0);
     // SAFETY: `F: TaskFn<M>`, so `conjure`'s contract holds (see its proof).
     let f = unsafe { conjure::<F>() };
-    for item in items {
+    for (done, item) in items.enumerate() {
         let (_, item) = item.map_err(CodecFailure::Decode)?;
+        if report {
+            progress::report_items(done as u64, total);
+        }
         let segment = begin_segment(out, ITEM_OK);
         let step = Cell::new(ITEM_DECODE);
         let outcome = catch(|| {
@@ -128,6 +166,9 @@ fn chunk_trampoline<F: TaskFn<M>, M>(
             out.extend_from_slice(msg.as_bytes());
         }
         end_segment(out, segment, tag);
+    }
+    if report {
+        progress::report_items(total, total);
     }
     Ok(())
 }

@@ -21,10 +21,10 @@ use submit::{call_of, encode_args, submit, Job};
 pub use task_builder::TaskBuilder;
 
 use crate::error::Error;
-use crate::func::{AsyncTaskFn, TaskFn};
+use crate::func::{AsyncTaskFn, StreamFn, TaskFn};
 use crate::task::blocking::block_on;
 use crate::task::options::TaskOptions;
-use crate::task::{hand_end_to_driver, ProcessTask, TaskInfo, TaskStatus};
+use crate::task::{hand_end_to_driver, ProcessStream, ProcessTask, TaskInfo, TaskStatus};
 
 /// A pool of worker processes that run functions for async (or synchronous) code.
 ///
@@ -177,6 +177,39 @@ impl ProcessPool {
         F: AsyncTaskFn<M>,
     {
         self.task(f).spawn_async(args)
+    }
+
+    /// Runs the stream function `f(args)` in a worker process and yields its items as the
+    /// worker produces them, in order: see [`ProcessStream`] and [`StreamFn`].
+    ///
+    /// The worker runs at most the stream's window of items (256; see
+    /// [`TaskBuilder::stream_window`]) ahead of what was taken from the stream. A failure
+    /// (panic, the worker's death, timeout, cancel) is the last item. Dropping the stream
+    /// cancels the task.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// use futures_lite::StreamExt;
+    ///
+    /// fn words(text: String) -> Vec<String> {
+    ///     text.split_whitespace().map(str::to_owned).collect()
+    /// }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(1)?;
+    /// let mut words = pool.spawn_stream(words, "to be or not".to_string());
+    /// while let Some(word) = words.next().await {
+    ///     println!("{}", word?);
+    /// }
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn spawn_stream<F, M>(&self, f: F, args: F::Args) -> ProcessStream<F::Item>
+    where
+        F: StreamFn<M>,
+    {
+        self.task(f).spawn_stream(args)
     }
 
     /// A [`TaskBuilder`] for `f`: set per-task options (timeout, cancel timeout, callbacks),

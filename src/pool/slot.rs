@@ -396,7 +396,7 @@ async fn run_job<'a>(
             if !written && worker.send(&job.frame).await.is_err() {
                 return Err(Lost::Died);
             }
-            worker.reply(job.id).await
+            worker.reply(job.id, &*task).await
         };
         let running = future::or(async { Step::Reply(exchange.await) }, async {
             until_finished(&*task).await;

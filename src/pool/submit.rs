@@ -8,13 +8,14 @@ use serde::Serialize;
 
 use super::ProcessPool;
 use crate::error::TaskError;
-use crate::func::trampoline::{entry_of, entry_of_async};
-use crate::func::{func_name, AsyncTaskFn, TaskFn};
-use crate::protocol::{frame, ToWorker};
+use crate::func::trampoline::{entry_of, entry_of_async, stream_entry_of};
+use crate::func::{func_name, AsyncTaskFn, StreamFn, TaskFn};
+use crate::protocol::{frame, ToWorker, RUN_CAPTURE};
 use crate::task::args::{ArgsLayout, EncodedArgs};
 use crate::task::hand_end_to_driver;
 use crate::task::options::TaskOptions;
 use crate::task::shared::{decode_value, report_end, AnyTask, Decoder, Shared};
+use crate::task::stream::{ItemSink, StreamItems, DEFAULT_WINDOW};
 use crate::task::ProcessTask;
 
 /// One task on its way to a worker.
@@ -33,6 +34,10 @@ pub(crate) struct Call<T> {
     /// How the arguments sit in the frame, to print them.
     pub(crate) layout: ArgsLayout,
     pub(crate) options: TaskOptions,
+    /// `Run` flags beside those the options imply ([`RUN_ITEM_PROGRESS`](crate::protocol::RUN_ITEM_PROGRESS) for a chunk).
+    pub(crate) flags: u8,
+    /// For a stream: where its items go, and its window.
+    pub(crate) stream: Option<(Arc<dyn ItemSink>, u64)>,
 }
 
 /// A call of the task function `F`.
@@ -43,6 +48,8 @@ pub(crate) fn call_of<F: TaskFn<M>, M>(options: TaskOptions) -> Call<F::Output> 
         decode: decode_value::<F::Output>,
         layout: ArgsLayout::Value,
         options,
+        flags: 0,
+        stream: None,
     }
 }
 
@@ -54,7 +61,27 @@ pub(crate) fn async_call_of<F: AsyncTaskFn<M>, M>(options: TaskOptions) -> Call<
         decode: decode_value::<F::Output>,
         layout: ArgsLayout::Value,
         options,
+        flags: 0,
+        stream: None,
     }
+}
+
+/// A call of the stream function `F`, whose items go to `items`.
+pub(crate) fn stream_call_of<F: StreamFn<M>, M>(
+    options: TaskOptions,
+) -> (Call<u64>, Arc<StreamItems<F::Item>>) {
+    let window = options.window.unwrap_or(DEFAULT_WINDOW);
+    let items = Arc::new(StreamItems::<F::Item>::new(window));
+    let call = Call {
+        entry: stream_entry_of::<F, M>(),
+        func_name: func_name::<F>(),
+        decode: decode_value::<u64>,
+        layout: ArgsLayout::Value,
+        options,
+        flags: 0,
+        stream: Some((items.clone(), window)),
+    };
+    (call, items)
 }
 
 /// Writes `args` as the payload of a `Run` frame.
@@ -93,11 +120,18 @@ pub(crate) fn submit<T: Send + 'static>(
     };
     let state = &pool.inner.state;
     let mut frame = Vec::with_capacity(64);
+    let flags = call.flags | if call.options.capture { RUN_CAPTURE } else { 0 };
+    let (items, window) = match call.stream {
+        Some((items, window)) => (Some(items), window),
+        None => (None, 0),
+    };
     let encoded = frame::begin(
         &mut frame,
         &ToWorker::Run {
             id,
             entry: call.entry,
+            flags,
+            window,
         },
     )
     .map(|()| frame.len())
@@ -111,14 +145,18 @@ pub(crate) fn submit<T: Send + 'static>(
         }
         Err(msg) => (Err(msg), None),
     };
-    let shared = Arc::new(Shared::new(
+    let shared = Shared::new(
         id,
         call.func_name,
         args,
         call.decode,
         call.options,
         Some(state.tally.clone()),
-    ));
+    );
+    let shared = Arc::new(match items {
+        Some(items) => shared.with_items(items),
+        None => shared,
+    });
     let any: Arc<dyn AnyTask> = shared.clone();
     let task = ProcessTask::new(shared, Some((any.clone(), state.notices().clone())));
     let frame = match frame {

@@ -5,12 +5,12 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::submit::{async_call_of, call_of, encode_args, submit};
+use super::submit::{async_call_of, call_of, encode_args, stream_call_of, submit};
 use super::ProcessPool;
 use crate::error::TaskError;
-use crate::func::{func_name, AsyncTaskFn, TaskFn};
+use crate::func::{func_name, AsyncTaskFn, StreamFn, TaskFn};
 use crate::task::options::TaskOptions;
-use crate::task::{ProcessTask, TaskInfo};
+use crate::task::{ProcessStream, ProcessTask, TaskInfo};
 
 /// Per-task options: build one with [`ProcessPool::task`] (or
 /// [`Executor::task`](crate::Executor::task)), set options, then
@@ -113,6 +113,71 @@ impl<F, M> TaskBuilder<F, M> {
         self
     }
 
+    /// Runs `callback` each time the task reports progress with
+    /// [`offload::progress`](crate::progress); [`TaskInfo::progress`] is the report. See
+    /// [`on_start`](TaskBuilder::on_start) for how callbacks run: on the pool's thread,
+    /// between `on_start` and `on_done` or `on_error`, guarded.
+    ///
+    /// Reports are coalesced in the worker (at most one every 5 ms, the last one always), so
+    /// the callback runs at most about 200 times a second per task. For
+    /// [`map`](TaskBuilder::map), it is shown the progress of the whole map: the items done of
+    /// all items (a progress bar over a `map` is one line), and the task function's own
+    /// reports are ignored.
+    ///
+    /// The default value of this option is no callback.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// use offload::TaskInfo;
+    ///
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(2)?;
+    /// let squares = pool
+    ///     .task(square)
+    ///     .on_progress(|i: &TaskInfo| eprintln!("{:?}", i.progress()))
+    ///     .map(0..10_000)
+    ///     .await;
+    /// assert_eq!(squares.len(), 10_000);
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn on_progress(
+        &mut self,
+        callback: impl Fn(&TaskInfo) + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.options.on_progress = Some(Arc::new(callback));
+        self
+    }
+
+    /// Captures what the task writes to its fds 1 and 2, to read with
+    /// [`ProcessTask::output`]: exactly what this task wrote, by Rust's `print!`, by C code
+    /// writing to the descriptors and by the processes it started, and nothing another task
+    /// wrote (up to [`TaskOutput::LIMIT`](crate::TaskOutput::LIMIT) bytes of each). Without
+    /// it, a task's output goes to the parent's stderr.
+    ///
+    /// Output is ordered with the task's end: whatever was written before the function
+    /// returned is in [`output`](ProcessTask::output) when the task is done. A process the
+    /// task started and left running loses its descriptors' other end when the task ends.
+    ///
+    /// The default value of this option is no capture.
+    pub fn capture_output(&mut self) -> &mut Self {
+        self.options.capture = true;
+        self
+    }
+
+    /// How many items the worker of a [`spawn_stream`](TaskBuilder::spawn_stream) may run
+    /// ahead of the consumer (at least 1): the most items the parent holds for a stream. The
+    /// consumer grants more each time it took half of it.
+    ///
+    /// The default value of this option is 256 items.
+    pub fn stream_window(&mut self, items: u64) -> &mut Self {
+        self.options.window = Some(items.max(1));
+        self
+    }
+
     /// Spawns `f(args)` with these options; see [`ProcessPool::spawn`].
     pub fn spawn(&self, args: F::Args) -> ProcessTask<F::Output>
     where
@@ -154,6 +219,41 @@ impl<F, M> TaskBuilder<F, M> {
             async_call_of::<F, M>(self.options.clone()),
             encode_args(&args),
         )
+    }
+}
+
+impl<F, M> TaskBuilder<F, M> {
+    /// Spawns the stream function `f(args)` with these options; see
+    /// [`ProcessPool::spawn_stream`]. The timeout bounds the whole stream.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// use futures_lite::StreamExt;
+    ///
+    /// fn naturals() -> std::ops::RangeFrom<u64> { 0.. }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(1)?;
+    /// let mut stream = pool.task(naturals).stream_window(16).spawn_stream(());
+    /// for expected in 0..100 {
+    ///     assert_eq!(stream.next().await.unwrap()?, expected);
+    /// }
+    /// drop(stream); // the endless stream is cancelled, its worker stopped
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn spawn_stream(&self, args: F::Args) -> ProcessStream<F::Item>
+    where
+        F: StreamFn<M>,
+    {
+        let (call, items) = stream_call_of::<F, M>(self.options.clone());
+        let task = submit(
+            self.pool.as_ref().map_err(Clone::clone),
+            call,
+            encode_args(&args),
+        );
+        ProcessStream::new(task, items)
     }
 }
 

@@ -56,6 +56,20 @@ impl<'a> Segments<'a> {
         })
     }
 
+    /// The `count` untagged segments of `rest`, which has no count in front.
+    pub(crate) fn from_count(count: u32, rest: &'a [u8]) -> Self {
+        Segments {
+            rest,
+            count: count as usize,
+            tagged: false,
+        }
+    }
+
+    /// Whether nothing follows the segments read so far.
+    pub(crate) fn is_at_end(&self) -> bool {
+        self.rest.is_empty()
+    }
+
     fn split(&mut self) -> Option<(u8, &'a [u8])> {
         let (tag, rest) = match self.tagged {
             true => self.rest.split_first()?,

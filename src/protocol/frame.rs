@@ -155,7 +155,13 @@ mod tests {
     #[test]
     fn header_and_payload_round_trip() {
         let mut buf = Vec::new();
-        begin(&mut buf, &ToWorker::Run { id: 7, entry: 99 }).unwrap();
+        let run = ToWorker::Run {
+            id: 7,
+            entry: 99,
+            flags: 3,
+            window: 256,
+        };
+        begin(&mut buf, &run).unwrap();
         push(&mut buf, &(1u8, "two".to_string(), vec![3u64; 100])).unwrap();
         finish(&mut buf).unwrap();
 
@@ -164,7 +170,15 @@ mod tests {
         assert!(read_frame(&mut input, &mut body).unwrap());
         assert!(input.is_empty(), "the whole frame was consumed");
         let (header, payload) = split::<ToWorker>(&body).unwrap();
-        assert!(matches!(header, ToWorker::Run { id: 7, entry: 99 }));
+        assert!(matches!(
+            header,
+            ToWorker::Run {
+                id: 7,
+                entry: 99,
+                flags: 3,
+                window: 256
+            }
+        ));
         let args: (u8, String, Vec<u64>) = rmp_serde::from_slice(payload).unwrap();
         assert_eq!(args, (1, "two".to_string(), vec![3; 100]));
     }
@@ -200,7 +214,13 @@ mod tests {
     /// Valid frames of every message, to mutate.
     fn samples() -> Vec<Vec<u8>> {
         let mut run = Vec::new();
-        begin(&mut run, &ToWorker::Run { id: 3, entry: 77 }).unwrap();
+        let header = ToWorker::Run {
+            id: 3,
+            entry: 77,
+            flags: 1,
+            window: 0,
+        };
+        begin(&mut run, &header).unwrap();
         push(&mut run, &("args", 1u8)).unwrap();
         finish(&mut run).unwrap();
         vec![
@@ -211,7 +231,9 @@ mod tests {
                 memory_limit: Some(3),
                 remote: true,
                 target: "linux/x86_64".into(),
+                log_level: 3,
             }),
+            frame(&ToWorker::Credit { id: 4, items: 128 }),
             frame(&ToWorker::Stop { grace_ms: 5 }),
             frame(&ToWorker::Shutdown),
             frame(&FromWorker::Hello {
@@ -231,6 +253,26 @@ mod tests {
             frame(&FromWorker::Failed {
                 id: 9,
                 error: CodecFailure::Decode("d".into()),
+            }),
+            frame(&FromWorker::Progress {
+                id: 9,
+                done: 5,
+                total: 10,
+            }),
+            frame(&FromWorker::Items { id: 9, count: 2 }),
+            frame(&FromWorker::Output {
+                id: 9,
+                fd: 2,
+                cut: 7,
+            }),
+            frame(&FromWorker::Log {
+                id: 9,
+                level: 2,
+                target: "t".into(),
+                message: "m".into(),
+                module_path: Some("p".into()),
+                file: None,
+                line: Some(3),
             }),
         ]
     }
@@ -257,11 +299,12 @@ mod tests {
 
         #[test]
         fn mutated_frames_are_errors_not_panics(
-            which in 0usize..9,
+            which in any::<prop::sample::Index>(),
             cut in any::<prop::sample::Index>(),
             flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
         ) {
-            let mut input = samples().swap_remove(which);
+            let mut samples = samples();
+            let mut input = samples.swap_remove(which.index(samples.len()));
             input.truncate(cut.index(input.len() + 1));
             for (at, byte) in flips {
                 if !input.is_empty() {

@@ -18,15 +18,35 @@ pub(crate) enum ToWorker {
         /// The parent's `os/arch`, so that a worker of another platform says so.
         #[serde(default)]
         target: String,
+        /// The most verbose `log` level the parent's logger takes (`log::LevelFilter` as a
+        /// number, 0 for none): records above it are not sent.
+        #[serde(default)]
+        log_level: u8,
     },
     /// Run the function at `entry` on the arguments that follow the header.
-    Run { id: u64, entry: u64 },
+    Run {
+        id: u64,
+        entry: u64,
+        /// What the task reports beside its result ([`RUN_CAPTURE`], [`RUN_ITEM_PROGRESS`]).
+        #[serde(default)]
+        flags: u8,
+        /// For a stream: how many items it may send before the parent grants more.
+        #[serde(default)]
+        window: u64,
+    },
+    /// The consumer of stream `id` took items: it may send `items` more.
+    Credit { id: u64, items: u64 },
     /// Exit after the current frame.
     Shutdown,
     /// Stop at once (a remote worker's control thread): `SIGTERM` to the worker's process
     /// group, `SIGKILL` after `grace_ms` if it is still alive.
     Stop { grace_ms: u64 },
 }
+
+/// A `Run` flag: the task's fds 1 and 2 go to the parent (`Output`), not to the worker's stderr.
+pub(crate) const RUN_CAPTURE: u8 = 1;
+/// A `Run` flag: a `map` chunk reports the items it has done (`Progress`).
+pub(crate) const RUN_ITEM_PROGRESS: u8 = 2;
 
 /// Worker → parent headers.
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +71,24 @@ pub(crate) enum FromWorker {
     },
     /// Task `id` could not decode its arguments or encode its result.
     Failed { id: u64, error: CodecFailure },
+    /// Task `id` reports how far it is (the latest report wins).
+    Progress { id: u64, done: u64, total: u64 },
+    /// Stream `id` yields `count` items, which follow the header as `u32` length and bytes
+    /// each.
+    Items { id: u64, count: u32 },
+    /// Task `id` wrote the bytes that follow the header to `fd` (1 or 2), which it captures;
+    /// `cut` bytes more that it wrote there were dropped (over the cap).
+    Output { id: u64, fd: u8, cut: u64 },
+    /// Task `id` emitted a `log` record.
+    Log {
+        id: u64,
+        level: u8,
+        target: String,
+        message: String,
+        module_path: Option<String>,
+        file: Option<String>,
+        line: Option<u32>,
+    },
 }
 
 impl FromWorker {
@@ -62,6 +100,10 @@ impl FromWorker {
             FromWorker::Done { .. } => "Done",
             FromWorker::Panicked { .. } => "Panicked",
             FromWorker::Failed { .. } => "Failed",
+            FromWorker::Progress { .. } => "Progress",
+            FromWorker::Items { .. } => "Items",
+            FromWorker::Output { .. } => "Output",
+            FromWorker::Log { .. } => "Log",
         }
     }
 }

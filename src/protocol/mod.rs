@@ -6,6 +6,7 @@ pub(crate) mod build;
 pub(crate) mod chunk;
 pub(crate) mod codec;
 pub(crate) mod entry;
+pub(crate) mod event;
 pub(crate) mod frame;
 mod message;
 
@@ -18,4 +19,8 @@ pub(crate) const WORKER_FLAG: &str = "--worker";
 /// (the `before-main` feature); the worker removes it from its environment at once, so that
 /// the processes its tasks start do not inherit it.
 pub(crate) const WORKER_ENV: &str = "OFFLOAD_WORKER";
-pub(crate) use message::{CodecFailure, FromWorker, ToWorker};
+/// The most bytes of one task's captured fd 1, and as many of its fd 2, that reach the
+/// parent; the rest is counted, not sent.
+pub(crate) const CAPTURE_LIMIT: usize = 1 << 20;
+
+pub(crate) use message::{CodecFailure, FromWorker, ToWorker, RUN_CAPTURE, RUN_ITEM_PROGRESS};

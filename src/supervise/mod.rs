@@ -12,12 +12,13 @@ use std::time::Duration;
 use async_channel::Receiver;
 use async_process::{ChildStderr, ChildStdin, ChildStdout};
 use futures_lite::io::BufReader;
-use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
+use futures_lite::{future, AsyncBufReadExt, AsyncWriteExt};
 
 use crate::error::TaskError;
 use crate::launch::copy::{self, Delivery, Undelivered};
 use crate::launch::{Environment, Launched, Launcher, Process};
 use crate::protocol::build::target;
+use crate::protocol::event::{Credit, LogRecord, Report, Reports, Unwatched};
 use crate::protocol::{codec, frame, CodecFailure, FromWorker, ToWorker};
 use crate::sys::wait::within;
 use crate::trace;
@@ -91,24 +92,23 @@ pub(crate) struct WorkerLink {
     memory_limit: Option<u64>,
     /// Its stderr, until [`forward_stderr`](WorkerLink::forward_stderr) takes it.
     stderr: Option<ChildStderr>,
-    /// Tells, once its stderr ended, whether it reported an allocation failure.
-    out_of_memory: Option<Receiver<bool>>,
+    /// Tells, once its stderr ended, how it ended (see [`forward_stderr`]).
+    stderr_end: Option<Receiver<StderrEnd>>,
     /// What started it, for start-up errors (see [`Launched::via`]).
     via: Option<String>,
 }
 
 impl WorkerLink {
-    /// Starts a worker with `launcher`. Its stderr is piped through the parent under a memory
-    /// limit, to tell an allocation failure from other aborts.
+    /// Starts a worker with `launcher`. Its stderr is piped through the parent: to quote a
+    /// launcher that fails to start, to keep the last words of a worker that dies, and to
+    /// tell an allocation failure under a memory limit from other aborts.
     pub(crate) fn launch(
         launcher: &Launcher,
         environment: &Environment,
         memory_limit: Option<u64>,
     ) -> io::Result<Starting> {
-        // A remote launcher's stderr is piped too, to quote it when the start fails.
-        let pipe_stderr = memory_limit.is_some() || !launcher.is_local();
         Ok(Starting {
-            launched: launcher.start(pipe_stderr, environment)?,
+            launched: launcher.start(true, environment)?,
             expected_build: launcher.expected_build(),
             memory_limit,
             remote: !launcher.is_local(),
@@ -137,7 +137,7 @@ impl Starting {
             buf: Vec::new(),
             memory_limit: self.memory_limit,
             stderr,
-            out_of_memory: None,
+            stderr_end: None,
             via,
         };
         let delivered = match &delivery {
@@ -208,6 +208,7 @@ impl WorkerLink {
             memory_limit: self.memory_limit,
             remote: self.remote,
             target: target(),
+            log_level: log::max_level() as u8,
         });
         let who = self.who();
         let sent = self.input.write_all(&hello).await;
@@ -250,12 +251,17 @@ impl WorkerLink {
         entry: u64,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let run = frame::frame(&ToWorker::Run { id: INIT_ID, entry });
+        let run = frame::frame(&ToWorker::Run {
+            id: INIT_ID,
+            entry,
+            flags: 0,
+            window: 0,
+        });
         let exchange = async {
             if self.send(&run).await.is_err() {
                 return Err(Lost::Died);
             }
-            self.reply(INIT_ID).await
+            self.reply(INIT_ID, &Unwatched).await
         };
         let failure = match within(timeout, exchange).await {
             Some(Ok(Reply::Done { payload_start })) => {
@@ -331,13 +337,14 @@ impl WorkerLink {
         self.pid
     }
 
-    /// The copy of the worker's stderr to ours, when it is piped: a future to run beside the
-    /// worker until its stderr ends. It watches for the report of an allocation failure,
-    /// which [`bury`](WorkerLink::bury) then turns into [`TaskError::MemoryLimit`].
+    /// The copy of the worker's stderr to ours: a future to run beside the worker until its
+    /// stderr ends. It keeps the end of what the worker wrote, and watches for the report of
+    /// an allocation failure, which [`bury`](WorkerLink::bury) turns into
+    /// [`TaskError::MemoryLimit`].
     pub(crate) fn forward_stderr(&mut self) -> Option<impl Future<Output = ()> + 'static> {
         let stderr = self.stderr.take()?;
         let (saw, seen) = async_channel::bounded(1);
-        self.out_of_memory = Some(seen);
+        self.stderr_end = Some(seen);
         Some(async move {
             let _ = saw.try_send(forward_stderr(stderr).await);
         })
@@ -360,73 +367,58 @@ impl WorkerLink {
         &self.buf[payload_start..]
     }
 
-    /// Reads the worker's answer to job `id`.
-    pub(crate) async fn reply(&mut self, id: u64) -> Result<Reply, Lost> {
-        match frame::read_frame_async(&mut self.output, &mut self.buf).await {
-            Ok(true) => {}
-            Ok(false) => return Err(Lost::Died),
-            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
-                return Err(Lost::Broken(err.to_string()))
-            }
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Err(Lost::CutShort),
-            // A failed read: the worker is gone or going.
-            Err(_) => return Err(Lost::Died),
-        }
-        let (header, payload) = frame::split::<FromWorker>(&self.buf)
-            .map_err(|e| Lost::Broken(format!("undecodable message: {e}")))?;
-        match header {
-            FromWorker::Done { id: got } if got == id => Ok(Reply::Done {
-                payload_start: self.buf.len() - payload.len(),
-            }),
-            FromWorker::Panicked {
-                id: got,
-                message,
-                location,
-            } if got == id => Ok(Reply::Failed(TaskError::Panicked { message, location })),
-            FromWorker::Failed { id: got, error } if got == id => Ok(Reply::Failed(match error {
-                CodecFailure::Encode(msg) => TaskError::Encode(msg),
-                CodecFailure::Decode(msg) => TaskError::Decode(msg),
-            })),
-            other => Err(Lost::Broken(format!(
-                "unexpected {} message while running task {id}",
-                other.kind()
-            ))),
+    /// Reads the worker's answer to job `id`, handing what the job reports on the way to
+    /// `reports` (and its `log` records to this process's logger); for a stream, grants the
+    /// worker the credit its consumer gives meanwhile.
+    pub(crate) async fn reply<R: Reports + ?Sized>(
+        &mut self,
+        id: u64,
+        reports: &R,
+    ) -> Result<Reply, Lost> {
+        let pid = self.pid;
+        let read = read_reply(&mut self.output, &mut self.buf, id, pid, reports);
+        match reports.credit() {
+            None => read.await,
+            Some(credit) => future::or(read, grant(&mut self.input, id, credit)).await,
         }
     }
 
-    /// Collects the exit status of a worker whose output ended, and says how it died.
+    /// Collects the exit status of a worker whose output ended, and says how it died, with
+    /// the end of what it wrote to its stderr.
     pub(crate) async fn bury(mut self) -> TaskError {
         drop(self.input);
         let pid = self.pid;
-        match self.process.exit_within(EXIT_GRACE).await {
+        let status = self.process.exit_within(EXIT_GRACE).await;
+        if status.is_none() {
+            self.process.kill();
+            let _ = self.process.reap().await;
+            return TaskError::Protocol(format!(
+                "worker {pid} closed its output but kept running; it was killed"
+            ));
+        }
+        // Its stderr ends once its group is gone; what it said last is read by then.
+        let end = match &self.stderr_end {
+            Some(end) => within(EXIT_GRACE, end.recv())
+                .await
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+            None => StderrEnd::default(),
+        };
+        match status {
             Some(Ok(status)) if status.signal() == Some(SIGABRT) => {
                 // An allocation over the limit aborts; its report on stderr tells it apart.
-                let over_limit = match (&self.out_of_memory, self.memory_limit) {
-                    (Some(seen), Some(limit)) => within(EXIT_GRACE, seen.recv())
-                        .await
-                        .and_then(Result::ok)
-                        .unwrap_or(false)
-                        .then_some(limit),
-                    _ => None,
-                };
-                match over_limit {
+                match self.memory_limit.filter(|_| end.allocation_failed) {
                     Some(limit) => TaskError::MemoryLimit { pid, limit },
-                    None => died(pid, status),
+                    None => died(pid, status, end.tail),
                 }
             }
-            Some(Ok(status)) => died(pid, status),
-            Some(Err(_)) => TaskError::WorkerDied {
+            Some(Ok(status)) => died(pid, status, end.tail),
+            _ => TaskError::WorkerDied {
                 pid,
                 code: None,
                 signal: None,
+                stderr: end.tail,
             },
-            None => {
-                self.process.kill();
-                let _ = self.process.reap().await;
-                TaskError::Protocol(format!(
-                    "worker {pid} closed its output but kept running; it was killed"
-                ))
-            }
         }
     }
 
@@ -489,40 +481,163 @@ impl WorkerLink {
     }
 }
 
+/// Reads frames until the answer to job `id`, handing its reports on the way to `reports`.
+async fn read_reply<R: Reports + ?Sized>(
+    output: &mut BufReader<ChildStdout>,
+    buf: &mut Vec<u8>,
+    id: u64,
+    pid: u32,
+    reports: &R,
+) -> Result<Reply, Lost> {
+    loop {
+        match frame::read_frame_async(output, buf).await {
+            Ok(true) => {}
+            Ok(false) => return Err(Lost::Died),
+            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
+                return Err(Lost::Broken(err.to_string()))
+            }
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Err(Lost::CutShort),
+            // A failed read: the worker is gone or going.
+            Err(_) => return Err(Lost::Died),
+        }
+        let (header, payload) = frame::split::<FromWorker>(buf)
+            .map_err(|e| Lost::Broken(format!("undecodable message: {e}")))?;
+        let report = match header {
+            FromWorker::Done { id: got } if got == id => {
+                return Ok(Reply::Done {
+                    payload_start: buf.len() - payload.len(),
+                })
+            }
+            FromWorker::Panicked {
+                id: got,
+                message,
+                location,
+            } if got == id => return Ok(Reply::Failed(TaskError::Panicked { message, location })),
+            FromWorker::Failed { id: got, error } if got == id => {
+                return Ok(Reply::Failed(match error {
+                    CodecFailure::Encode(msg) => TaskError::Encode(msg),
+                    CodecFailure::Decode(msg) => TaskError::Decode(msg),
+                }))
+            }
+            FromWorker::Progress {
+                id: got,
+                done,
+                total,
+            } if got == id => Report::Progress { done, total },
+            FromWorker::Items { id: got, count } if got == id => Report::Items { count, payload },
+            FromWorker::Output { id: got, fd, cut } if got == id => Report::Output {
+                fd,
+                bytes: payload,
+                cut,
+            },
+            FromWorker::Log {
+                id: got,
+                level,
+                target,
+                message,
+                module_path,
+                file,
+                line,
+            } if got == id => {
+                let record = LogRecord {
+                    level,
+                    target,
+                    message,
+                    module_path,
+                    file,
+                    line,
+                };
+                record.emit(id, pid);
+                continue;
+            }
+            other => {
+                return Err(Lost::Broken(format!(
+                    "unexpected {} message while running task {id}",
+                    other.kind()
+                )))
+            }
+        };
+        reports
+            .report(report)
+            .map_err(|msg| Lost::Broken(format!("task {id}: {msg}")))?;
+    }
+}
+
+/// Sends stream `id` the credit its consumer grants, as it grants it; never ends.
+///
+/// A `Credit` frame is far smaller than `PIPE_BUF`, so each write is atomic: should this
+/// future be dropped (the reply came) while it waits for room in the pipe, no part of a
+/// frame was written.
+async fn grant(input: &mut ChildStdin, id: u64, credit: &dyn Credit) -> Result<Reply, Lost> {
+    loop {
+        let granted = credit.listen();
+        let items = credit.take();
+        if items == 0 {
+            granted.await;
+            continue;
+        }
+        let frame = frame::frame(&ToWorker::Credit { id, items });
+        if input.write_all(&frame).await.is_err() {
+            // The worker is gone: its reply says how.
+            return future::pending().await;
+        }
+    }
+}
+
 /// The signal Rust's allocation failure handler ends a process with.
 const SIGABRT: i32 = 6;
 
 /// What Rust's default allocation failure handler writes before aborting.
 const ALLOCATION_FAILED: &[u8] = b"memory allocation of ";
 
-/// Copies a worker's stderr to ours until it ends; returns whether the worker reported a
-/// failed allocation.
-async fn forward_stderr(mut stderr: ChildStderr) -> bool {
+/// How a worker's stderr ended.
+#[derive(Default)]
+struct StderrEnd {
+    /// It reported a failed allocation.
+    allocation_failed: bool,
+    /// Its last lines, up to [`TaskError::STDERR_TAIL`] bytes; `None` if it wrote nothing.
+    tail: Option<String>,
+}
+
+/// Copies a worker's stderr to ours until it ends; keeps its end, and whether the worker
+/// reported a failed allocation.
+async fn forward_stderr(mut stderr: ChildStderr) -> StderrEnd {
     use std::io::Write;
-    let mut seen = false;
-    // The end of the previous chunk, so that a report split between two reads is found.
+    let mut allocation_failed = false;
+    // The end of what it wrote: twice the tail at most, cut back to the tail when full.
     let mut tail: Vec<u8> = Vec::new();
     let mut chunk = vec![0; 8192];
     loop {
         let n = match futures_lite::AsyncReadExt::read(&mut stderr, &mut chunk).await {
-            Ok(0) | Err(_) => return seen,
+            Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         let _ = std::io::stderr().write_all(&chunk[..n]);
+        // The report may be split between two reads: look at it with what came before.
+        let seen_from = tail.len().saturating_sub(ALLOCATION_FAILED.len());
         tail.extend_from_slice(&chunk[..n]);
-        seen |= tail
+        allocation_failed |= tail[seen_from..]
             .windows(ALLOCATION_FAILED.len())
             .any(|w| w == ALLOCATION_FAILED);
-        let keep = tail.len().saturating_sub(ALLOCATION_FAILED.len());
-        tail.drain(..keep);
+        if tail.len() > 2 * TaskError::STDERR_TAIL {
+            tail.drain(..tail.len() - TaskError::STDERR_TAIL);
+        }
+    }
+    let start = tail.len().saturating_sub(TaskError::STDERR_TAIL);
+    let text = String::from_utf8_lossy(&tail[start..]);
+    let text = text.trim_matches(|c: char| c.is_whitespace() || c == char::REPLACEMENT_CHARACTER);
+    StderrEnd {
+        allocation_failed,
+        tail: (!text.is_empty()).then(|| text.to_owned()),
     }
 }
 
-/// The error for a worker that ended with `status`.
-fn died(pid: u32, status: ExitStatus) -> TaskError {
+/// The error for a worker that ended with `status`, having written `stderr` last.
+fn died(pid: u32, status: ExitStatus, stderr: Option<String>) -> TaskError {
     TaskError::WorkerDied {
         pid,
         code: status.code(),
         signal: status.signal(),
+        stderr,
     }
 }

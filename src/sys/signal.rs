@@ -68,6 +68,16 @@ impl Pidfd {
     }
 }
 
+/// `SIGKILL` to this process's own process group, this process included: a worker whose
+/// parent is gone, or that cannot follow the protocol, goes with everything its tasks started
+/// that stayed in its group.
+pub(crate) fn kill_own_group() -> ! {
+    let _ = rustix::process::kill_current_process_group(Signal::KILL);
+    // A signal a process sends its own group is delivered before `kill` returns; should the
+    // group not be signalled at all, this process still goes.
+    std::process::abort()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::blocking::block_on;
 use super::info::{Meta, TaskInfo};
+use super::report::{Progress, TaskOutput};
 use super::shared::{report_end, AnyTask, EndNotices, Shared};
 use super::status::TaskStatus;
 use crate::error::TaskError;
@@ -135,6 +136,39 @@ impl<T> ProcessTask<T> {
     pub fn queued(&self) -> Option<Duration> {
         let submitted_at = self.shared.submitted_at();
         self.shared.with_meta(|meta| meta.queued(submitted_at))
+    }
+
+    /// The latest progress the task reported with [`offload::progress`](crate::progress);
+    /// `None` until it reports.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// fn count(n: u64) -> u64 {
+    ///     for i in 0..n {
+    ///         offload::progress(i + 1, n);
+    ///     }
+    ///     n
+    /// }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(1)?;
+    /// let mut task = pool.spawn(count, 100);
+    /// (&mut task).await?;
+    /// assert_eq!(task.progress(), Some(offload::Progress { done: 100, total: 100 }));
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn progress(&self) -> Option<Progress> {
+        self.shared.with_meta(|meta| meta.progress)
+    }
+
+    /// What the task wrote to its fds 1 and 2, if it was spawned with
+    /// [`capture_output`](crate::TaskBuilder::capture_output): all of it once the task has
+    /// ended, what has arrived so far while it runs; `None` without capture. See
+    /// [`TaskOutput`].
+    pub fn output(&self) -> Option<TaskOutput> {
+        self.shared.output()
     }
 
     /// The run-time limit the task was spawned with, if any.

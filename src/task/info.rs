@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::args::EncodedArgs;
 use super::options::TaskOptions;
+use super::report::Progress;
 use super::status::TaskStatus;
 use crate::error::TaskError;
 
@@ -54,6 +55,8 @@ pub(crate) struct Meta {
     pub(crate) ended_at: Option<Instant>,
     /// Why it failed, once it has.
     pub(crate) error: Option<TaskError>,
+    /// The latest progress it reported.
+    pub(crate) progress: Option<Progress>,
 }
 
 impl Default for Meta {
@@ -65,6 +68,7 @@ impl Default for Meta {
             started_at: None,
             ended_at: None,
             error: None,
+            progress: None,
         }
     }
 }
@@ -159,6 +163,19 @@ impl TaskInfo {
     /// Why the task failed, once it has.
     pub fn error(&self) -> Option<&TaskError> {
         self.meta.error.as_ref()
+    }
+
+    /// The latest progress the task reported with [`offload::progress`](crate::progress), if
+    /// it reported any. In an [`on_progress`](crate::TaskBuilder::on_progress) callback of a
+    /// [`map`](crate::TaskBuilder::map), the progress of the whole map.
+    pub fn progress(&self) -> Option<Progress> {
+        self.meta.progress
+    }
+
+    /// The same snapshot with `progress` instead (a `map`'s own, for its callback).
+    pub(crate) fn with_progress(mut self, progress: Progress) -> Self {
+        self.meta.progress = Some(progress);
+        self
     }
 
     /// The run-time limit the task was spawned with ([`TaskBuilder::timeout`]), if any.

@@ -24,6 +24,12 @@ pub(crate) struct TaskOptions {
     pub(crate) on_done: Option<Callback>,
     /// Runs when the task failed or was cancelled, before the error is handed out.
     pub(crate) on_error: Option<Callback>,
+    /// Runs when the task reports progress.
+    pub(crate) on_progress: Option<Callback>,
+    /// Whether the task's fds 1 and 2 are captured.
+    pub(crate) capture: bool,
+    /// For a stream: how many items the worker may run ahead of the consumer.
+    pub(crate) window: Option<u64>,
 }
 
 impl Default for TaskOptions {
@@ -34,6 +40,9 @@ impl Default for TaskOptions {
             on_start: None,
             on_done: None,
             on_error: None,
+            on_progress: None,
+            capture: false,
+            window: None,
         }
     }
 }

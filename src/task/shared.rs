@@ -13,9 +13,12 @@ use serde::de::DeserializeOwned;
 use super::args::EncodedArgs;
 use super::info::{Meta, Started, TaskInfo};
 use super::options::{Callback, TaskOptions};
+use super::report::{Progress, TaskOutput};
 use super::status::TaskStatus;
+use super::stream::ItemSink;
 use crate::error::TaskError;
 use crate::protocol::codec;
+use crate::protocol::event::{Credit, Report, Reports};
 use crate::sys::panic::catch;
 use crate::sys::wait;
 use crate::trace::TaskSpan;
@@ -38,7 +41,7 @@ pub(crate) type EndNotices = Sender<Arc<dyn AnyTask>>;
 /// end time are set at that moment. Its end is then *reported* once (`report_end`: tracing and
 /// callbacks), and only after that is its result *released* to whoever awaits it. It *settles*
 /// when no worker process does anything for it any more.
-pub(crate) trait AnyTask: Send + Sync {
+pub(crate) trait AnyTask: Send + Sync + Reports {
     fn id(&self) -> u64;
     fn info(&self) -> TaskInfo;
     fn status(&self) -> TaskStatus;
@@ -159,6 +162,8 @@ pub(crate) struct Shared<T> {
     options: TaskOptions,
     /// Where the end is counted, for a task of a pool.
     tally: Option<Arc<Tally>>,
+    /// Where the items of a stream go.
+    items: Option<Arc<dyn ItemSink>>,
     state: Mutex<State<T>>,
     /// See [`AnyTask::changed`].
     changed: Event,
@@ -169,6 +174,8 @@ struct State<T> {
     meta: Meta,
     /// The outcome, from the moment the task finishes until the handle takes it.
     outcome: Option<Result<T, TaskError>>,
+    /// What the task wrote, if it captures its output.
+    output: Option<TaskOutput>,
     /// Whether the handle already took the outcome.
     taken: bool,
     /// Whether the end was reported, so the outcome may be handed out.
@@ -201,11 +208,13 @@ impl<T> Shared<T> {
             },
             decode,
             span: TaskSpan::spawned(id, func_name),
-            options,
+            options: options.clone(),
             tally,
+            items: None,
             state: Mutex::new(State {
                 meta: Meta::default(),
                 outcome: None,
+                output: options.capture.then(TaskOutput::default),
                 taken: false,
                 released: false,
                 waker: None,
@@ -215,6 +224,17 @@ impl<T> Shared<T> {
             }),
             changed: Event::new(),
         }
+    }
+
+    /// Makes the task a stream whose items go to `items`.
+    pub(crate) fn with_items(mut self, items: Arc<dyn ItemSink>) -> Self {
+        self.items = Some(items);
+        self
+    }
+
+    /// What the task wrote so far, if it captures its output.
+    pub(crate) fn output(&self) -> Option<TaskOutput> {
+        self.lock().output.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State<T>> {
@@ -336,6 +356,32 @@ impl<T> Shared<T> {
             waker.wake();
         }
         true
+    }
+}
+
+impl<T: Send> Reports for Shared<T> {
+    fn report(&self, report: Report<'_>) -> Result<(), String> {
+        match report {
+            Report::Progress { done, total } => {
+                self.lock().meta.progress = Some(Progress { done, total });
+                if let Some(callback) = &self.options.on_progress {
+                    run_callback("on_progress", callback, self);
+                }
+                Ok(())
+            }
+            Report::Items { count, payload } => match &self.items {
+                Some(items) => items.push(count, payload),
+                None => Err("items from a task that is not a stream".into()),
+            },
+            Report::Output { fd, bytes, cut } => match &mut self.lock().output {
+                Some(output) => output.add(fd, bytes, cut),
+                None => Err("output from a task that does not capture it".into()),
+            },
+        }
+    }
+
+    fn credit(&self) -> Option<&dyn Credit> {
+        self.items.as_ref().map(|items| items.credit())
     }
 }
 

@@ -1,0 +1,210 @@
+//! Inside a running task: what a task's code reports beside its result (its progress, the
+//! items of a stream, its captured output, its `log` records), and the worker's one channel to
+//! the parent that carries those reports and the reply, in order.
+//!
+//! Every frame a worker writes goes through [`Channel`], under one lock that also names the
+//! task whose reports may be written. A report is written only while its task runs, and the
+//! reply is written last, under the same lock that then closes the task: so nothing a task
+//! reports ever follows its end, and nothing is written while the worker is idle (which the
+//! parent takes for a broken worker).
+
+pub(crate) mod capture;
+pub(crate) mod logger;
+pub(crate) mod progress;
+pub(crate) mod stream;
+
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use crate::protocol::{frame, ToWorker, RUN_CAPTURE};
+use crate::sys::signal::kill_own_group;
+
+/// The channel of this worker process, once it has taken over its descriptors.
+static CHANNEL: OnceLock<Channel> = OnceLock::new();
+
+/// The worker's output to its parent, and the state of the task being run.
+pub(crate) struct Channel {
+    output: Mutex<Output>,
+    /// Whether a task runs: the quick check of every report.
+    running: AtomicBool,
+    /// The id of the task that runs (valid while `running`).
+    current: AtomicU64,
+    /// The `Run` flags of the task that runs.
+    flags: AtomicU8,
+    progress: Mutex<progress::State>,
+    credit: Mutex<stream::Credit>,
+    credit_changed: Condvar,
+    /// A local worker's input, lent to the task while it runs, so that a stream waiting for
+    /// credit reads it; `None` for a remote worker, whose control thread reads the input.
+    input: Mutex<Option<BufReader<File>>>,
+}
+
+/// The protocol output, and the task whose reports it takes.
+struct Output {
+    file: File,
+    task: Option<u64>,
+}
+
+/// Locks `mutex`; no code that can panic runs under these locks, but a poisoned one must not
+/// spread panics.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Makes `output` (the protocol's output descriptor) this worker's channel to its parent.
+/// Called once, when the worker takes over its descriptors.
+pub(crate) fn install(output: File) -> &'static Channel {
+    CHANNEL.get_or_init(|| Channel {
+        output: Mutex::new(Output {
+            file: output,
+            task: None,
+        }),
+        running: AtomicBool::new(false),
+        current: AtomicU64::new(0),
+        flags: AtomicU8::new(0),
+        progress: Mutex::new(progress::State::default()),
+        credit: Mutex::new(stream::Credit::default()),
+        credit_changed: Condvar::new(),
+        input: Mutex::new(None),
+    })
+}
+
+/// The channel, inside a worker; `None` in any other process.
+pub(crate) fn channel() -> Option<&'static Channel> {
+    CHANNEL.get()
+}
+
+impl Channel {
+    /// Writes a frame that belongs to no task (the handshake).
+    pub(crate) fn write(&self, frame: &[u8]) -> Result<(), String> {
+        lock(&self.output)
+            .file
+            .write_all(frame)
+            .map_err(|e| format!("could not write to the parent: {e}"))
+    }
+
+    /// Writes a report of task `id`, made of `parts` written in a row, if that task still
+    /// runs; a report of a task that ended is dropped. A failed write is left for the reply
+    /// to find.
+    pub(crate) fn report(&self, id: u64, parts: &[&[u8]]) {
+        let mut output = lock(&self.output);
+        if output.task != Some(id) {
+            return;
+        }
+        for part in parts {
+            if output.file.write_all(part).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The id of the task that runs, if one does.
+    pub(crate) fn running(&self) -> Option<u64> {
+        match self.running.load(Ordering::Acquire) {
+            true => Some(self.current.load(Ordering::Relaxed)),
+            false => None,
+        }
+    }
+
+    /// The `Run` flags of the task that runs.
+    pub(crate) fn flags(&self) -> u8 {
+        self.flags.load(Ordering::Relaxed)
+    }
+
+    /// Opens task `id` (its `Run` `flags` and stream `window`): its reports may be written
+    /// from now on. A local worker lends its `input` for the task's run.
+    pub(crate) fn begin(
+        &self,
+        id: u64,
+        flags: u8,
+        window: u64,
+        input: Option<BufReader<File>>,
+    ) -> Result<(), String> {
+        *lock(&self.input) = input;
+        *lock(&self.credit) = stream::Credit::open(id, window);
+        lock(&self.progress).open();
+        lock(&self.output).task = Some(id);
+        self.current.store(id, Ordering::Relaxed);
+        if flags & RUN_CAPTURE != 0 {
+            if let Err(e) = capture::start(id) {
+                lock(&self.output).task = None;
+                return Err(e);
+            }
+        }
+        self.flags.store(flags, Ordering::Relaxed);
+        self.running.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Closes the task that runs with its `reply` frame, written after everything it
+    /// reported: its last progress, and what it wrote to a captured fd 1 and 2 before it
+    /// returned. Gives back the input lent in [`begin`](Channel::begin).
+    pub(crate) fn end(&self, reply: &[u8]) -> Result<Option<BufReader<File>>, String> {
+        let id = self.current.load(Ordering::Relaxed);
+        self.running.store(false, Ordering::Release);
+        progress::close(self, id);
+        if self.flags() & RUN_CAPTURE != 0 {
+            capture::finish();
+        }
+        *lock(&self.credit) = stream::Credit::default();
+        let input = lock(&self.input).take();
+        let mut output = lock(&self.output);
+        output.task = None;
+        output
+            .file
+            .write_all(reply)
+            .map_err(|e| format!("could not write to the parent: {e}"))?;
+        Ok(input)
+    }
+
+    /// Adds the credit the parent granted stream `id` (from the control thread of a remote
+    /// worker); credit for a stream that ended is dropped.
+    pub(crate) fn grant(&self, id: u64, items: u64) {
+        let mut credit = lock(&self.credit);
+        if credit.grant(id, items) {
+            self.credit_changed.notify_all();
+        }
+    }
+
+    /// Waits until stream `id` may send more than `sent` items: reads the lent input of a
+    /// local worker, or waits for the control thread of a remote one.
+    pub(crate) fn wait_for_credit(&self, id: u64, sent: u64) {
+        if lock(&self.credit).granted > sent {
+            return;
+        }
+        // The parent sees how far the task got while it waits.
+        progress::flush(self, id);
+        let mut credit = lock(&self.credit);
+        while credit.granted <= sent {
+            let lent = lock(&self.input).take();
+            let Some(mut input) = lent else {
+                credit = self
+                    .credit_changed
+                    .wait(credit)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            };
+            drop(credit);
+            let mut body = Vec::new();
+            match frame::read_frame(&mut input, &mut body) {
+                Ok(true) => {}
+                // The parent is gone: nothing may be left running.
+                Ok(false) | Err(_) => kill_own_group(),
+            }
+            *lock(&self.input) = Some(input);
+            match frame::split::<ToWorker>(&body) {
+                Ok((ToWorker::Credit { id: of, items }, _)) => self.grant(of, items),
+                other => {
+                    eprintln!(
+                        "offload worker: unexpected message while stream {id} runs: {:?}",
+                        other.map(|(header, _)| header)
+                    );
+                    kill_own_group()
+                }
+            }
+            credit = lock(&self.credit);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Progress reports, coalesced in the worker: the latest report wins, at most one frame is
+//! written per [`INTERVAL`], and the last report always reaches the parent before the task's
+//! reply.
+
+use std::time::{Duration, Instant};
+
+use super::{channel, lock, Channel};
+use crate::protocol::{frame, FromWorker};
+
+/// The shortest time between two progress frames of one task.
+pub(crate) const INTERVAL: Duration = Duration::from_millis(5);
+
+/// The progress of the task that runs.
+#[derive(Default)]
+pub(crate) struct State {
+    /// The latest report.
+    latest: Option<(u64, u64)>,
+    /// The last report sent, and when.
+    sent: Option<(u64, u64)>,
+    sent_at: Option<Instant>,
+    /// Reports are taken (a task runs and has not ended).
+    open: bool,
+    /// Reports come from a `map` chunk's items, and the task function's own are ignored.
+    items: bool,
+}
+
+impl State {
+    /// Starts the reports of a new task.
+    pub(super) fn open(&mut self) {
+        *self = State {
+            open: true,
+            ..State::default()
+        };
+    }
+}
+
+/// Reports that the task that runs has done `done` of `total`: see [`crate::progress`].
+pub(crate) fn report(done: u64, total: u64) {
+    let Some(channel) = channel() else {
+        return; // not a worker
+    };
+    let mut state = lock(&channel.progress);
+    if !state.items {
+        update(channel, &mut state, done, total);
+    }
+}
+
+/// Reports that a `map` chunk has done `done` of its `total` items; from then on, the task
+/// function's own reports are ignored until the chunk ends.
+pub(crate) fn report_items(done: u64, total: u64) {
+    let Some(channel) = channel() else {
+        return;
+    };
+    let mut state = lock(&channel.progress);
+    state.items = true;
+    update(channel, &mut state, done, total);
+}
+
+/// Records a report, and sends it if the last one went out at least [`INTERVAL`] ago. The
+/// frame is written under the progress lock, so frames leave in the order of the reports.
+fn update(channel: &Channel, state: &mut State, done: u64, total: u64) {
+    let Some(id) = channel.running() else {
+        return;
+    };
+    if !state.open {
+        return;
+    }
+    state.latest = Some((done, total));
+    let now = Instant::now();
+    if state.sent_at.is_some_and(|at| now - at < INTERVAL) {
+        return;
+    }
+    state.sent_at = Some(now);
+    send(channel, state, id);
+}
+
+/// Sends the latest report as the last one of task `id`, if it was not sent yet, and takes
+/// no more.
+pub(super) fn close(channel: &Channel, id: u64) {
+    let mut state = lock(&channel.progress);
+    if state.open && state.latest != state.sent {
+        send(channel, &mut state, id);
+    }
+    state.open = false;
+}
+
+/// Sends the latest report of task `id` now, if it was not sent yet.
+pub(super) fn flush(channel: &Channel, id: u64) {
+    let mut state = lock(&channel.progress);
+    if state.open && state.latest != state.sent {
+        state.sent_at = Some(Instant::now());
+        send(channel, &mut state, id);
+    }
+}
+
+fn send(channel: &Channel, state: &mut State, id: u64) {
+    let Some((done, total)) = state.latest else {
+        return;
+    };
+    state.sent = state.latest;
+    channel.report(
+        id,
+        &[&frame::frame(&FromWorker::Progress { id, done, total })],
+    );
+}

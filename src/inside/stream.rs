@@ -1,0 +1,203 @@
+//! The worker's side of a stream: items are encoded on the task's thread into a batch, which
+//! a sender thread writes as `Items` frames while the task produces the next ones (so items
+//! that come fast travel many to a frame, and an item that comes alone leaves at once). The
+//! task may run at most the credit the parent granted ahead: it starts with the stream's
+//! window and grows as the consumer takes items.
+
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+use super::{channel, lock, Channel};
+use crate::protocol::{codec, frame, FromWorker};
+
+/// The credit of the stream that runs.
+#[derive(Default)]
+pub(crate) struct Credit {
+    /// The stream's id; `None` while no stream runs.
+    id: Option<u64>,
+    /// How many items it may have sent in all.
+    pub(super) granted: u64,
+}
+
+impl Credit {
+    /// The credit of task `id` with the stream `window` of its `Run` frame.
+    pub(super) fn open(id: u64, window: u64) -> Credit {
+        Credit {
+            id: Some(id),
+            granted: window,
+        }
+    }
+
+    /// Adds `items` if they are for stream `id`; returns whether they were.
+    pub(super) fn grant(&mut self, id: u64, items: u64) -> bool {
+        if self.id != Some(id) {
+            return false;
+        }
+        self.granted = self.granted.saturating_add(items);
+        true
+    }
+}
+
+/// Bytes of encoded items after which the task waits for the sender to take the batch, so
+/// that a batch stays far below the frame cap.
+const BATCH_BYTES: usize = 16 << 20;
+
+/// The batch between the task's thread and the sender thread.
+struct Batch {
+    /// The stream the items belong to.
+    id: u64,
+    /// The items: `u32` length and bytes each.
+    items: Vec<u8>,
+    count: u32,
+    /// The sender is writing a batch it took.
+    writing: bool,
+}
+
+struct Batching {
+    batch: Mutex<Batch>,
+    /// Notified when items are added (for the sender) and when a batch was written (for the
+    /// task).
+    changed: Condvar,
+}
+
+/// The sender thread's batching, started with the first stream.
+static BATCHING: OnceLock<Arc<Batching>> = OnceLock::new();
+
+fn batching() -> Result<&'static Arc<Batching>, String> {
+    if let Some(batching) = BATCHING.get() {
+        return Ok(batching);
+    }
+    let batching = Arc::new(Batching {
+        batch: Mutex::new(Batch {
+            id: 0,
+            items: Vec::new(),
+            count: 0,
+            writing: false,
+        }),
+        changed: Condvar::new(),
+    });
+    let shared = batching.clone();
+    std::thread::Builder::new()
+        .name("offload-stream".into())
+        .spawn(move || send_batches(&shared))
+        .map_err(|e| format!("could not start its stream thread: {e}"))?;
+    Ok(BATCHING.get_or_init(|| batching))
+}
+
+/// The sender thread: writes each batch as one `Items` frame.
+fn send_batches(batching: &Batching) {
+    let Some(channel) = channel() else {
+        return;
+    };
+    let mut spare = Vec::new();
+    loop {
+        let (id, mut items, count) = {
+            let mut batch = lock(&batching.batch);
+            while batch.count == 0 {
+                batch = batching
+                    .changed
+                    .wait(batch)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            batch.writing = true;
+            let count = std::mem::replace(&mut batch.count, 0);
+            (batch.id, std::mem::replace(&mut batch.items, spare), count)
+        };
+        write(channel, id, &items, count);
+        items.clear();
+        frame::shrink_for(&mut items, 0);
+        spare = items;
+        lock(&batching.batch).writing = false;
+        batching.changed.notify_all();
+    }
+}
+
+/// Writes `count` encoded `items` of stream `id` as one frame.
+fn write(channel: &Channel, id: u64, items: &[u8], count: u32) {
+    let mut head = Vec::with_capacity(32);
+    // A small header always encodes, and a batch is far below the frame cap.
+    let _ = frame::begin(&mut head, &FromWorker::Items { id, count });
+    let body = head.len() - 4 + items.len();
+    head[..4].copy_from_slice(&(body as u32).to_le_bytes());
+    channel.report(id, &[&head, items]);
+}
+
+/// The items of the stream that runs, as its trampoline sends them.
+pub(crate) struct Items {
+    id: u64,
+    sent: u64,
+    batching: &'static Batching,
+    channel: &'static Channel,
+}
+
+impl Items {
+    /// The items of the stream that runs; an error outside a worker's task.
+    pub(crate) fn open() -> Result<Items, String> {
+        let channel = channel().ok_or("a stream runs only in a worker")?;
+        let id = channel.running().ok_or("no stream runs")?;
+        let batching = batching()?;
+        let mut batch = lock(&batching.batch);
+        // Every stream waits for its items to be written before it ends; this is the guard.
+        while batch.count > 0 || batch.writing {
+            batch = batching
+                .changed
+                .wait(batch)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        batch.id = id;
+        drop(batch);
+        Ok(Items {
+            id,
+            sent: 0,
+            batching,
+            channel,
+        })
+    }
+
+    /// Waits for credit, then adds `item` to the batch. A `Serialize` that fails or panics
+    /// is the error, and nothing is added.
+    pub(crate) fn send(&mut self, item: &impl serde::Serialize) -> Result<(), String> {
+        self.channel.wait_for_credit(self.id, self.sent);
+        let mut batch = lock(&self.batching.batch);
+        while batch.items.len() >= BATCH_BYTES {
+            batch = self
+                .batching
+                .changed
+                .wait(batch)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        let start = batch.items.len();
+        batch.items.extend_from_slice(&[0; 4]);
+        if let Err(e) = codec::encode(&mut batch.items, item) {
+            batch.items.truncate(start);
+            return Err(e);
+        }
+        let len = batch.items.len() - start - 4;
+        if len > frame::MAX_FRAME_LEN / 2 {
+            batch.items.truncate(start);
+            return Err(format!(
+                "an item of {len} bytes is over the limit of {} bytes",
+                frame::MAX_FRAME_LEN / 2
+            ));
+        }
+        batch.items[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        batch.count += 1;
+        self.sent += 1;
+        if batch.count == 1 && !batch.writing {
+            self.batching.changed.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Waits until every item was written; returns how many there were.
+    pub(crate) fn finish(self) -> u64 {
+        let mut batch = lock(&self.batching.batch);
+        while batch.count > 0 || batch.writing {
+            batch = self
+                .batching
+                .changed
+                .wait(batch)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        self.sent
+    }
+}
