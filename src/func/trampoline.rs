@@ -84,6 +84,10 @@ fn init_trampoline<F: InitFn<M>, M>(_args: &[u8], out: &mut Vec<u8>) -> Result<(
 /// Calls the stream function `F` and sends its items as they come, within the credit the
 /// parent grants; the result is the number of items. Every item produced before a panic (or
 /// an item that does not encode) is written before the reply that reports it.
+///
+/// The iteration runs under one guard; `encoding` tells whether a panic came from an item's
+/// `Serialize` (an [`Encode`](CodecFailure::Encode) failure) or from the function's iterator
+/// (a panic of the task).
 fn stream_trampoline<F: StreamFn<M>, M>(
     args: &[u8],
     out: &mut Vec<u8>,
@@ -92,17 +96,25 @@ fn stream_trampoline<F: StreamFn<M>, M>(
     let mut items = Items::open().map_err(CodecFailure::Encode)?;
     // SAFETY: `F: StreamFn<M>`, so `conjure`'s contract holds (see its proof).
     let f = unsafe { conjure::<F>() };
-    // Not `catch`: the panic goes on to the worker's own `catch` once the items are out, with
-    // the location its hook recorded.
+    let encoding = Cell::new(false);
+    // Not `catch`: a panic of the iterator goes on to the worker's own `catch` once the items
+    // are out, with the location its hook recorded.
     let produced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        f.call(args)
-            .into_iter()
-            .try_for_each(|item| items.send(&item))
+        f.call(args).into_iter().try_for_each(|item| {
+            encoding.set(true);
+            let sent = items.send(&item);
+            encoding.set(false);
+            sent
+        })
     }));
     let count = items.finish();
     match produced {
         Ok(Ok(())) => encode_output(out, &count),
         Ok(Err(msg)) => Err(CodecFailure::Encode(format!("item {count}: {msg}"))),
+        Err(panic) if encoding.get() => Err(CodecFailure::Encode(format!(
+            "item {count}: its Serialize panicked: {}",
+            crate::sys::panic::panic_message(&*panic)
+        ))),
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }

@@ -169,10 +169,12 @@ impl Channel {
     }
 
     /// Waits until stream `id` may send more than `sent` items: reads the lent input of a
-    /// local worker, or waits for the control thread of a remote one.
-    pub(crate) fn wait_for_credit(&self, id: u64, sent: u64) {
-        if lock(&self.credit).granted > sent {
-            return;
+    /// local worker, or waits for the control thread of a remote one. Returns how many it may
+    /// send in all.
+    pub(crate) fn wait_for_credit(&self, id: u64, sent: u64) -> u64 {
+        let granted = lock(&self.credit).granted;
+        if granted > sent {
+            return granted;
         }
         // The parent sees how far the task got while it waits.
         progress::flush(self, id);
@@ -206,5 +208,6 @@ impl Channel {
             }
             credit = lock(&self.credit);
         }
+        credit.granted
     }
 }

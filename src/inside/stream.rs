@@ -7,7 +7,7 @@
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use super::{channel, lock, Channel};
-use crate::protocol::{codec, frame, FromWorker};
+use crate::protocol::{frame, FromWorker};
 
 /// The credit of the stream that runs.
 #[derive(Default)]
@@ -125,6 +125,10 @@ fn write(channel: &Channel, id: u64, items: &[u8], count: u32) {
 pub(crate) struct Items {
     id: u64,
     sent: u64,
+    /// The credit last seen: items it may send without looking again.
+    allowed: u64,
+    /// Where an item is encoded before it joins the batch.
+    scratch: Vec<u8>,
     batching: &'static Batching,
     channel: &'static Channel,
 }
@@ -148,15 +152,28 @@ impl Items {
         Ok(Items {
             id,
             sent: 0,
+            allowed: 0,
+            scratch: Vec::new(),
             batching,
             channel,
         })
     }
 
-    /// Waits for credit, then adds `item` to the batch. A `Serialize` that fails or panics
-    /// is the error, and nothing is added.
+    /// Waits for credit, then encodes `item` (unguarded: a panic of its `Serialize` goes to
+    /// the caller, and nothing is added) and adds it to the batch.
     pub(crate) fn send(&mut self, item: &impl serde::Serialize) -> Result<(), String> {
-        self.channel.wait_for_credit(self.id, self.sent);
+        if self.sent == self.allowed {
+            self.allowed = self.channel.wait_for_credit(self.id, self.sent);
+        }
+        self.scratch.clear();
+        rmp_serde::encode::write(&mut self.scratch, item).map_err(|e| e.to_string())?;
+        let len = self.scratch.len();
+        if len > frame::MAX_FRAME_LEN / 2 {
+            return Err(format!(
+                "an item of {len} bytes is over the limit of {} bytes",
+                frame::MAX_FRAME_LEN / 2
+            ));
+        }
         let mut batch = lock(&self.batching.batch);
         while batch.items.len() >= BATCH_BYTES {
             batch = self
@@ -165,26 +182,15 @@ impl Items {
                 .wait(batch)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
-        let start = batch.items.len();
-        batch.items.extend_from_slice(&[0; 4]);
-        if let Err(e) = codec::encode(&mut batch.items, item) {
-            batch.items.truncate(start);
-            return Err(e);
-        }
-        let len = batch.items.len() - start - 4;
-        if len > frame::MAX_FRAME_LEN / 2 {
-            batch.items.truncate(start);
-            return Err(format!(
-                "an item of {len} bytes is over the limit of {} bytes",
-                frame::MAX_FRAME_LEN / 2
-            ));
-        }
-        batch.items[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        batch.items.extend_from_slice(&(len as u32).to_le_bytes());
+        batch.items.extend_from_slice(&self.scratch);
         batch.count += 1;
         self.sent += 1;
         if batch.count == 1 && !batch.writing {
             self.batching.changed.notify_all();
         }
+        drop(batch);
+        frame::shrink_for(&mut self.scratch, 0);
         Ok(())
     }
 

@@ -182,7 +182,7 @@ impl ProcessPool {
     /// Runs the stream function `f(args)` in a worker process and yields its items as the
     /// worker produces them, in order: see [`ProcessStream`] and [`StreamFn`].
     ///
-    /// The worker runs at most the stream's window of items (256; see
+    /// The worker runs at most the stream's window of items (1024; see
     /// [`TaskBuilder::stream_window`]) ahead of what was taken from the stream. A failure
     /// (panic, the worker's death, timeout, cancel) is the last item. Dropping the stream
     /// cancels the task.

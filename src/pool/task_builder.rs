@@ -172,7 +172,8 @@ impl<F, M> TaskBuilder<F, M> {
     /// ahead of the consumer (at least 1): the most items the parent holds for a stream. The
     /// consumer grants more each time it took half of it.
     ///
-    /// The default value of this option is 256 items.
+    /// The default value of this option is 1024 items: for large items (a megabyte each),
+    /// set a smaller one, as the parent may hold a window of them.
     pub fn stream_window(&mut self, items: u64) -> &mut Self {
         self.options.window = Some(items.max(1));
         self

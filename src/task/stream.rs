@@ -26,9 +26,10 @@ use crate::error::TaskError;
 use crate::protocol::chunk::Segments;
 use crate::protocol::codec;
 use crate::protocol::event::Credit;
+use crate::sys::panic::catch;
 
 /// The default stream window, in items.
-pub(crate) const DEFAULT_WINDOW: u64 = 256;
+pub(crate) const DEFAULT_WINDOW: u64 = 1024;
 
 /// Where the items of a stream arrive, on the driver's thread.
 pub(crate) trait ItemSink: Send + Sync {
@@ -47,11 +48,11 @@ pub(crate) struct StreamItems<T> {
 }
 
 struct Items<T> {
+    /// Items received that the consumer's side did not take yet.
     queue: VecDeque<Result<T, TaskError>>,
-    /// Items received, and taken by the consumer.
     received: u64,
-    taken: u64,
-    /// Items taken that were not granted back yet.
+    /// Credit granted in all (beyond the window), and what is still to send.
+    granted: u64,
     to_grant: u64,
     waker: Option<Waker>,
 }
@@ -63,7 +64,7 @@ impl<T> StreamItems<T> {
             state: Mutex::new(Items {
                 queue: VecDeque::new(),
                 received: 0,
-                taken: 0,
+                granted: 0,
                 to_grant: 0,
                 waker: None,
             }),
@@ -78,34 +79,24 @@ impl<T> StreamItems<T> {
 
 impl<T: DeserializeOwned + Send> ItemSink for StreamItems<T> {
     fn push(&self, count: u32, payload: &[u8]) -> Result<(), String> {
-        let mut decoded = Vec::with_capacity((count as usize).min(self.window as usize));
-        let mut failed = None;
-        let mut segments = Segments::from_count(count, payload);
-        for segment in &mut segments {
-            let (_, bytes) = segment?;
-            match codec::decode::<T>(bytes) {
-                Ok(item) => decoded.push(Ok(item)),
-                Err(e) => {
-                    failed = Some(format!("item: {e}"));
-                    decoded.push(Err(TaskError::Decode(format!("item: {e}"))));
-                    break;
-                }
-            }
-        }
-        if failed.is_none() && !segments.is_at_end() {
-            return Err("a batch of items has bytes after its last item".into());
-        }
+        let (mut decoded, failed) = decode_items::<T>(count, payload)?;
         let waker = {
             let mut state = self.lock();
             state.received += u64::from(count);
-            if state.received - state.taken > self.window {
+            // The worker may send its window and what was granted since, no more: so the
+            // parent never holds more than a window of items.
+            if state.received > self.window + state.granted {
                 return Err(format!(
-                    "the stream ran {} items ahead of its consumer, over its window of {}",
-                    state.received - state.taken,
-                    self.window
+                    "the stream sent {} items with credit for {}",
+                    state.received,
+                    self.window + state.granted
                 ));
             }
-            state.queue.extend(decoded);
+            if state.queue.is_empty() {
+                std::mem::swap(&mut state.queue, &mut decoded);
+            } else {
+                state.queue.append(&mut decoded);
+            }
             state.waker.take()
         };
         if let Some(waker) = waker {
@@ -120,6 +111,36 @@ impl<T: DeserializeOwned + Send> ItemSink for StreamItems<T> {
 
     fn credit(&self) -> &dyn Credit {
         self
+    }
+}
+
+/// Decodes a batch of `count` items. They are decoded under one guard (one per item would
+/// keep the decoding of small values from being inlined); only if a `Deserialize` panics are
+/// they decoded again one guard each, so that the items before the panic are kept. An item
+/// that does not decode is the last one, an error, and its message is returned beside.
+fn decode_items<T: DeserializeOwned>(
+    count: u32,
+    payload: &[u8],
+) -> Result<(VecDeque<Result<T, TaskError>>, Option<String>), String> {
+    let decode_with = |decode: &dyn Fn(&[u8]) -> Result<T, String>| {
+        let mut decoded = VecDeque::with_capacity(count as usize);
+        let mut segments = Segments::from_count(count, payload);
+        for segment in &mut segments {
+            let (_, bytes) = segment?;
+            if let Err(e) = decode(bytes).map(|item| decoded.push_back(Ok(item))) {
+                decoded.push_back(Err(TaskError::Decode(format!("item: {e}"))));
+                return Ok((decoded, Some(format!("item: {e}"))));
+            }
+        }
+        if !segments.is_at_end() {
+            return Err("a batch of items has bytes after its last item".to_string());
+        }
+        Ok((decoded, None))
+    };
+    let plain = |bytes: &[u8]| rmp_serde::from_slice(bytes).map_err(|e| e.to_string());
+    match catch(|| decode_with(&plain)) {
+        Ok(decoded) => decoded,
+        Err(_) => decode_with(&codec::decode),
     }
 }
 
@@ -141,7 +162,7 @@ impl<T: Send> Credit for StreamItems<T> {
 /// last item, after every item the worker produced before; an item that cannot be decoded is
 /// the last item too (and its worker is stopped). The stream then ends.
 ///
-/// **Backpressure**: the worker runs at most the stream's window of items (256 unless set
+/// **Backpressure**: the worker runs at most the stream's window of items (1024 unless set
 /// with [`TaskBuilder::stream_window`](crate::TaskBuilder::stream_window)) ahead of what was
 /// taken from the stream; it waits for the consumer beyond that, so a slow consumer never
 /// makes the parent hold more than a window of items.
@@ -172,6 +193,10 @@ impl<T: Send> Credit for StreamItems<T> {
 pub struct ProcessStream<T> {
     task: ProcessTask<u64>,
     items: std::sync::Arc<StreamItems<T>>,
+    /// Items taken from the shared queue a batch at a time, to hand out one by one.
+    ready: VecDeque<Result<T, TaskError>>,
+    /// Items handed out since credit was last granted.
+    taken: u64,
     /// The task's outcome, once it came: the stream ends after its last item.
     end: Option<Result<u64, TaskError>>,
     /// The stream yielded its last item.
@@ -183,6 +208,8 @@ impl<T> ProcessStream<T> {
         ProcessStream {
             task,
             items,
+            ready: VecDeque::new(),
+            taken: 0,
             end: None,
             over: false,
         }
@@ -251,21 +278,28 @@ impl<T> ProcessStream<T> {
         self.task.cancel_and_wait().await
     }
 
-    /// Takes the next item, granting the worker credit for it when half a window was taken.
-    fn take_item(&self, waker: &Waker) -> Option<Result<T, TaskError>> {
-        let mut state = self.items.lock();
-        let Some(item) = state.queue.pop_front() else {
-            match &mut state.waker {
-                Some(stored) => stored.clone_from(waker),
-                None => state.waker = Some(waker.clone()),
+    /// Takes the next item (the shared queue is taken a batch at a time), granting the worker
+    /// credit when half a window was taken since the last grant.
+    fn take_item(&mut self, waker: &Waker) -> Option<Result<T, TaskError>> {
+        if self.ready.is_empty() {
+            let mut state = self.items.lock();
+            if state.queue.is_empty() {
+                match &mut state.waker {
+                    Some(stored) => stored.clone_from(waker),
+                    None => state.waker = Some(waker.clone()),
+                }
+                return None;
             }
-            return None;
-        };
-        state.taken += 1;
-        state.to_grant += 1;
-        let grant = state.to_grant >= (self.items.window / 2).max(1);
-        drop(state);
-        if grant {
+            std::mem::swap(&mut self.ready, &mut state.queue);
+        }
+        let item = self.ready.pop_front()?;
+        self.taken += 1;
+        if self.taken >= (self.items.window / 2).max(1) {
+            let mut state = self.items.lock();
+            state.granted += self.taken;
+            state.to_grant += self.taken;
+            drop(state);
+            self.taken = 0;
             self.items.granted.notify(usize::MAX);
         }
         Some(item)
@@ -304,6 +338,9 @@ impl<T> Stream for ProcessStream<T> {
         }
     }
 }
+
+// Items are only moved around, never pinned.
+impl<T> Unpin for ProcessStream<T> {}
 
 impl<T> fmt::Debug for ProcessStream<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
