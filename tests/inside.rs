@@ -45,6 +45,29 @@ fn panics_at(at: u64) -> impl Iterator<Item = u64> {
     })
 }
 
+/// Serializes fine, except the value 13, whose `Serialize` panics; 7 decodes with a panic.
+#[derive(Debug, PartialEq)]
+struct Touchy(u64);
+
+impl serde::Serialize for Touchy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        assert_ne!(self.0, 13, "13 does not serialize");
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = <u64 as serde::Deserialize>::deserialize(d)?;
+        assert_ne!(n, 7, "7 does not deserialize");
+        Ok(Touchy(n))
+    }
+}
+
+fn touchy(from: u64) -> impl Iterator<Item = Touchy> {
+    (from..from + 100).map(Touchy)
+}
+
 fn warns(n: u32) -> u32 {
     log::warn!(target: "offload_test", "warning number {n}");
     log::trace!("below the parent's level");
@@ -271,6 +294,36 @@ async fn a_cancelled_stream_ends_with_cancelled() {
     assert!(rest[..rest.len() - 1].iter().all(Result::is_ok));
 }
 
+async fn an_item_whose_serde_panics_ends_the_stream_with_a_codec_error() {
+    let pool = ProcessPool::new(1).unwrap();
+    // In the worker: items 10, 11 and 12 arrive, 13's Serialize panics.
+    let items: Vec<_> = pool.spawn_stream(touchy, 10).collect().await;
+    assert_eq!(items.len(), 4, "{items:?}");
+    assert_eq!(
+        items[..3]
+            .iter()
+            .map(|i| i.as_ref().unwrap().0)
+            .collect::<Vec<_>>(),
+        [10, 11, 12]
+    );
+    match &items[3] {
+        Err(TaskError::Encode(msg)) => assert!(msg.contains("13 does not serialize"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    // In the parent: 7's Deserialize panics; 0 to 6 arrive, then the error.
+    let items: Vec<_> = pool.spawn_stream(touchy, 0).collect().await;
+    assert_eq!(items.len(), 8, "{items:?}");
+    match &items[7] {
+        Err(TaskError::Decode(msg)) => assert!(msg.contains("7 does not deserialize"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        pool.spawn(square, 5).await.unwrap(),
+        25,
+        "the pool serves on"
+    );
+}
+
 // ---- captured output ----
 
 async fn two_tasks_each_get_exactly_their_own_output() {
@@ -412,6 +465,7 @@ fn main() {
         dropping_a_stream_stops_its_worker_within_a_second,
         a_stream_that_panics_yields_its_items_then_the_panic,
         a_cancelled_stream_ends_with_cancelled,
+        an_item_whose_serde_panics_ends_the_stream_with_a_codec_error,
         two_tasks_each_get_exactly_their_own_output,
         output_over_the_limit_is_cut_and_counted,
         without_capture_there_is_no_output,

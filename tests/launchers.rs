@@ -117,7 +117,8 @@ async fn results_and_metadata_through_a_shell() {
         None,
         "local: no host"
     );
-    assert_eq!(pool.stats().workers, 2);
+    // The second worker may still be starting when the first served both tasks.
+    eventually("both workers serve", || pool.stats().workers == 2).await;
     pool.shutdown().await;
     eventually("the shells are gone", || !alive(ppid)).await;
 }
@@ -238,9 +239,18 @@ async fn workers_get_the_environment_and_directory_they_are_given() {
     }
 }
 
+/// Progress, a stream waiting for credit, captured output and a dead worker's last words
+/// come through a command launcher (the worker is remote: its control thread reads credit).
+async fn what_a_running_task_reports_reaches_the_parent() {
+    for launcher in [shell(), relay()] {
+        common::assert_reports_reach_the_parent(launcher).await;
+    }
+}
+
 fn main() {
     let scenarios = scenarios![
         workers_get_the_environment_and_directory_they_are_given,
+        what_a_running_task_reports_reaches_the_parent,
         results_and_metadata_through_a_shell,
         cancel_stops_the_worker_and_what_its_task_started,
         timeout_and_crash_fail_their_task_and_the_worker_is_replaced,

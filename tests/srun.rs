@@ -180,6 +180,10 @@ async fn a_rejected_srun_fails_tasks_clearly() {
 }
 
 /// The pool's environment and directory reach the workers on the other side.
+async fn what_a_running_task_reports_reaches_the_parent() {
+    common::assert_reports_reach_the_parent(launcher()).await;
+}
+
 async fn workers_get_the_environment_and_directory_they_are_given() {
     common::assert_environment_and_directory_reach_workers(launcher()).await;
 }
@@ -188,6 +192,7 @@ fn main() {
     offload::init(); // first: a worker started by srun serves here
     let scenarios = scenarios![
         workers_get_the_environment_and_directory_they_are_given,
+        what_a_running_task_reports_reaches_the_parent,
         results_and_metadata,
         cancel_and_timeout_stop_the_worker_and_what_its_task_started,
         a_crash_fails_its_task_and_the_worker_is_replaced,

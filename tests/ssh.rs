@@ -244,6 +244,10 @@ async fn an_unreachable_host_fails_clearly() {
 }
 
 /// The pool's environment and directory reach the workers on the other side.
+async fn what_a_running_task_reports_reaches_the_parent() {
+    common::assert_reports_reach_the_parent(launcher()).await;
+}
+
 async fn workers_get_the_environment_and_directory_they_are_given() {
     common::assert_environment_and_directory_reach_workers(launcher()).await;
 }
@@ -252,6 +256,7 @@ fn main() {
     offload::init(); // first: a worker started over ssh serves here
     let scenarios = scenarios![
         workers_get_the_environment_and_directory_they_are_given,
+        what_a_running_task_reports_reaches_the_parent,
         results_metadata_and_one_copy_per_build,
         cancel_and_timeout_stop_the_worker_and_what_its_task_started,
         a_crash_fails_its_task_and_the_worker_is_replaced,

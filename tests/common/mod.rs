@@ -337,3 +337,63 @@ pub fn kill_children_mentioning(tag: &str) -> usize {
     }
     killed
 }
+
+/// Items `0..n`, reporting how many it produced as progress, with a line on stdout and one
+/// on stderr each tenth item.
+pub fn reported_items(n: u64) -> impl Iterator<Item = u64> {
+    (0..n).inspect(move |&i| {
+        offload::progress(i + 1, n);
+        if i % 10 == 0 {
+            println!("item {i}");
+            eprintln!("note {i}");
+        }
+    })
+}
+
+/// Writes its last words to stderr, then aborts.
+pub fn aborts_saying(words: String) -> u32 {
+    eprintln!("{words}");
+    std::process::abort()
+}
+
+/// Asserts that what a running task reports reaches the parent from a worker started by
+/// `launcher`: a stream whose small window makes the worker wait for credit many times, its
+/// progress, its captured output, and the last words of a worker that dies.
+pub async fn assert_reports_reach_the_parent(launcher: offload::Launcher) {
+    use futures_lite::StreamExt;
+    let pool = offload::ProcessPool::builder()
+        .workers(1)
+        .launcher(launcher)
+        .build()
+        .unwrap();
+    let mut stream = pool
+        .task(reported_items)
+        .stream_window(8)
+        .capture_output()
+        .spawn_stream(1000);
+    let mut expected = 0;
+    while let Some(item) = stream.next().await {
+        assert_eq!(item.unwrap(), expected);
+        expected += 1;
+    }
+    assert_eq!(expected, 1000);
+    assert_eq!(
+        stream.progress().map(|p| (p.done, p.total)),
+        Some((1000, 1000))
+    );
+    let output = stream.output().unwrap();
+    let lines = |bytes: &[u8], word: &str| -> Vec<String> {
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(text.lines().all(|l| l.starts_with(word)), "{text}");
+        text.lines().map(str::to_owned).collect()
+    };
+    assert_eq!(lines(&output.stdout, "item ").len(), 100);
+    assert_eq!(lines(&output.stderr, "note ").len(), 100);
+    let words = format!("out of luck in {}", std::process::id());
+    match pool.spawn(aborts_saying, words.clone()).await {
+        Err(offload::TaskError::WorkerDied {
+            stderr: Some(said), ..
+        }) => assert!(said.contains(&words), "{said:?}"),
+        other => panic!("{other:?}"),
+    }
+}
