@@ -116,7 +116,7 @@ pub use crate::default::{
 };
 pub use crate::error::{Error, TaskError};
 pub use crate::executor::{Executor, Isolated, MAX_PROCS_ENV, MAX_PROCS_LIMIT};
-pub use crate::func::{AsyncTaskFn, InitFn, InitOutput, StreamFn, TaskFn};
+pub use crate::func::{AsyncStreamFn, AsyncTaskFn, InitFn, InitOutput, StreamFn, TaskFn};
 pub use crate::launch::Launcher;
 pub use crate::map::{Map, MapUnordered};
 pub use crate::pool::{
@@ -157,8 +157,10 @@ pub fn init() {
 /// [`on_progress`](TaskBuilder::on_progress) callback with it. It is cheap enough to call for
 /// every item: reports are coalesced in the worker (the latest wins, and at most one leaves
 /// every 5 ms), and the last report of a task always reaches the parent before its result.
-/// Outside a worker process, and inside the items of a [`map`](ProcessPool::map) (whose
-/// progress is the items done), it does nothing.
+/// Outside a worker process it does nothing. Inside the items of a
+/// [`map`](ProcessPool::map) whose builder has an
+/// [`on_progress`](TaskBuilder::on_progress) callback, it is ignored: the map's progress is
+/// its items done.
 ///
 /// # Examples
 ///

@@ -79,6 +79,7 @@ mod sealed {
     pub trait SealedInit<M> {}
     pub trait SealedOutput {}
     pub trait SealedStream<M> {}
+    pub trait SealedAsyncStream<M> {}
 }
 
 /// An async function that can run in a worker process, on `async_io::block_on` there.
@@ -233,7 +234,52 @@ pub trait StreamFn<M>: sealed::SealedStream<M> + Copy + Send + Sync + 'static {
     fn call(self, args: Self::Args) -> Self::Items;
 }
 
-/// Implements [`TaskFn`], [`AsyncTaskFn`] and [`StreamFn`] for functions of the given parameters, passed as
+/// The async twin of [`StreamFn`]: a function whose result is a
+/// [`Stream`](futures_lite::Stream) of items, driven in the worker on `async_io::block_on`
+/// (so async-io based code, timers and sockets, works in it) and sent to the parent one by
+/// one as they come: see
+/// [`ProcessPool::spawn_stream_async`](crate::ProcessPool::spawn_stream_async).
+///
+/// It is implemented for every function item and non-capturing closure whose parameters are
+/// as for [`TaskFn`] and whose result is a `Stream` of
+/// `Serialize + DeserializeOwned + Send + 'static` items; the stream need not be `Send`.
+///
+/// This trait is sealed: only the blanket implementations exist.
+///
+/// # Examples
+///
+/// ```no_run
+/// # offload::init();
+/// use std::time::Duration;
+/// use futures_lite::{stream, Stream, StreamExt};
+///
+/// fn ticks(n: u64) -> impl Stream<Item = u64> {
+///     stream::iter(0..n).then(|i| async move {
+///         async_io::Timer::after(Duration::from_millis(1)).await;
+///         i
+///     })
+/// }
+///
+/// # futures_lite::future::block_on(async {
+/// let pool = offload::ProcessPool::new(1)?;
+/// let all: Vec<u64> = pool.spawn_stream_async(ticks, 3).map(Result::unwrap).collect().await;
+/// assert_eq!(all, [0, 1, 2]);
+/// # Ok::<(), offload::Error>(()) }).unwrap();
+/// ```
+pub trait AsyncStreamFn<M>: sealed::SealedAsyncStream<M> + Copy + Send + Sync + 'static {
+    /// What the caller passes: the argument itself, a tuple of them, or `()`.
+    type Args: Serialize + DeserializeOwned + Send + 'static;
+    /// What the function returns.
+    type Items: futures_lite::Stream<Item = Self::Item>;
+    /// One item.
+    type Item: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Calls the function.
+    #[doc(hidden)]
+    fn call(self, args: Self::Args) -> Self::Items;
+}
+
+/// Implements [`TaskFn`], [`AsyncTaskFn`], [`StreamFn`] and [`AsyncStreamFn`] for functions of the given parameters, passed as
 /// `$args` (a type) and taken apart by the pattern `$pat`.
 macro_rules! impl_fns {
     (($($a:ident),*), $args:ty, $pat:pat, ($($arg:ident),*)) => {
@@ -293,6 +339,28 @@ macro_rules! impl_fns {
 
             #[allow(non_snake_case)]
             fn call(self, $pat: Self::Args) -> R {
+                self($($arg),*)
+            }
+        }
+
+        impl<F, $($a,)* S> sealed::SealedAsyncStream<fn($($a),*) -> S> for F
+        where
+            F: Fn($($a),*) -> S,
+        {
+        }
+        impl<F, $($a,)* S> AsyncStreamFn<fn($($a),*) -> S> for F
+        where
+            F: Fn($($a),*) -> S + Copy + Send + Sync + 'static,
+            $($a: Serialize + DeserializeOwned + Send + 'static,)*
+            S: futures_lite::Stream,
+            S::Item: Serialize + DeserializeOwned + Send + 'static,
+        {
+            type Args = $args;
+            type Items = S;
+            type Item = S::Item;
+
+            #[allow(non_snake_case)]
+            fn call(self, $pat: Self::Args) -> S {
                 self($($arg),*)
             }
         }

@@ -6,7 +6,7 @@ use std::cell::Cell;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{AsyncTaskFn, InitFn, InitOutput, StreamFn, TaskFn};
+use super::{AsyncStreamFn, AsyncTaskFn, InitFn, InitOutput, StreamFn, TaskFn};
 use crate::inside::{self, progress, stream::Items};
 use crate::protocol::chunk::{
     begin_segment, end_segment, Segments, ITEM_DECODE, ITEM_ENCODE, ITEM_OK, ITEM_PANICKED,
@@ -44,6 +44,12 @@ pub(crate) fn init_entry_of<F: InitFn<M>, M>() -> u64 {
 pub(crate) fn stream_entry_of<F: StreamFn<M>, M>() -> u64 {
     const { assert_zero_sized::<F>() };
     entry_for(stream_trampoline::<F, M>)
+}
+
+/// The entry of the trampoline that runs the async stream function `F`.
+pub(crate) fn async_stream_entry_of<F: AsyncStreamFn<M>, M>() -> u64 {
+    const { assert_zero_sized::<F>() };
+    entry_for(async_stream_trampoline::<F, M>)
 }
 
 /// Decodes the arguments of a task.
@@ -84,23 +90,53 @@ fn init_trampoline<F: InitFn<M>, M>(_args: &[u8], out: &mut Vec<u8>) -> Result<(
 /// Calls the stream function `F` and sends its items as they come, within the credit the
 /// parent grants; the result is the number of items. Every item produced before a panic (or
 /// an item that does not encode) is written before the reply that reports it.
-///
-/// The iteration runs under one guard; `encoding` tells whether a panic came from an item's
-/// `Serialize` (an [`Encode`](CodecFailure::Encode) failure) or from the function's iterator
-/// (a panic of the task).
 fn stream_trampoline<F: StreamFn<M>, M>(
     args: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), CodecFailure> {
     let args = decode_args(args)?;
-    let mut items = Items::open().map_err(CodecFailure::Encode)?;
     // SAFETY: `F: StreamFn<M>`, so `conjure`'s contract holds (see its proof).
     let f = unsafe { conjure::<F>() };
+    send_items(out, |send| f.call(args).into_iter().try_for_each(send))
+}
+
+/// [`stream_trampoline`] for a function that returns a `Stream`, driven on
+/// `async_io::block_on`; waiting for credit blocks the thread, which holds the stream still.
+fn async_stream_trampoline<F: AsyncStreamFn<M>, M>(
+    args: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CodecFailure> {
+    use futures_lite::StreamExt;
+    let args = decode_args(args)?;
+    // SAFETY: `F: AsyncStreamFn<M>`, so `conjure`'s contract holds (see its proof).
+    let f = unsafe { conjure::<F>() };
+    send_items(out, |send| {
+        async_io::block_on(async {
+            let items = f.call(args);
+            let mut items = std::pin::pin!(items);
+            while let Some(item) = items.next().await {
+                send(item)?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Runs `produce`, which hands each item of the stream that runs to the sender it is given,
+/// and leaves the number of items in `out`.
+///
+/// The production runs under one guard; `encoding` tells whether a panic came from an item's
+/// `Serialize` (an [`Encode`](CodecFailure::Encode) failure) or from the function itself (a
+/// panic of the task, which goes on to the worker's own `catch` once the items are out, with
+/// the location its hook recorded).
+fn send_items<T: Serialize>(
+    out: &mut Vec<u8>,
+    produce: impl FnOnce(&mut dyn FnMut(T) -> Result<(), String>) -> Result<(), String>,
+) -> Result<(), CodecFailure> {
+    let mut items = Items::open().map_err(CodecFailure::Encode)?;
     let encoding = Cell::new(false);
-    // Not `catch`: a panic of the iterator goes on to the worker's own `catch` once the items
-    // are out, with the location its hook recorded.
     let produced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        f.call(args).into_iter().try_for_each(|item| {
+        produce(&mut |item: T| {
             encoding.set(true);
             let sent = items.send(&item);
             encoding.set(false);

@@ -75,7 +75,7 @@ pub(super) fn start(id: u64) -> Result<(), String> {
     let (wake_read, wake) = pipe_with(PipeFlags::CLOEXEC).map_err(io("pipe"))?;
     let saved_out = rustix::io::fcntl_dupfd_cloexec(stdio::stdout(), 3).map_err(io("dup"))?;
     let saved_err = rustix::io::fcntl_dupfd_cloexec(stdio::stderr(), 3).map_err(io("dup"))?;
-    let _ = std::io::stdout().flush();
+    flush_stdio();
     stdio::dup2_stdout(&out_write).map_err(io("dup2"))?;
     if let Err(e) = stdio::dup2_stderr(&err_write) {
         let _ = stdio::dup2_stdout(&saved_out);
@@ -104,11 +104,22 @@ pub(super) fn finish() {
     let Some(capture) = lock(&CAPTURE).take() else {
         return;
     };
-    let _ = std::io::stdout().flush();
+    flush_stdio();
     let _ = stdio::dup2_stdout(&capture.saved[0]);
     let _ = stdio::dup2_stderr(&capture.saved[1]);
     let _ = rustix::io::write(&capture.wake, &[1]);
     let _ = capture.drained.recv();
+}
+
+/// Flushes what Rust's stdout and C's stdio buffers hold, so that it goes where fds 1 and 2
+/// point now, before they are pointed elsewhere.
+fn flush_stdio() {
+    let _ = std::io::stdout().flush();
+    // SAFETY: `fflush(NULL)` flushes every open output stream of C's stdio; a null argument
+    // is defined by the C standard to mean exactly that, and it touches no Rust state.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+    }
 }
 
 /// The reader's work for one capture: forwards what the pipes give until it is woken, then
@@ -135,19 +146,24 @@ fn forward(pipes: Pipes) {
         let readable: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
         let woken = readable[watched.len()];
         for (&fd, _) in watched.iter().zip(&readable).filter(|(_, &ready)| ready) {
-            open[fd] = read_some(channel, &pipes, fd, &mut chunk, &mut sent, &mut cut);
+            open[fd] = read_some(channel, &pipes, fd, &mut chunk, &mut sent, &mut cut).is_some();
         }
         if woken {
             break;
         }
     }
     // Fds 1 and 2 point elsewhere now: what the pipes hold was written before the task
-    // ended. Only a process the task left behind can still write, and that is not the task's.
+    // ended, and that much is read. Only a process the task left behind can still write, and
+    // that is not the task's (nor may it keep the task from ending).
     for fd in 0..2 {
-        if rustix::io::ioctl_fionbio(&pipes.read[fd], true).is_err() {
-            continue;
+        let mut held = rustix::io::ioctl_fionread(&pipes.read[fd]).unwrap_or(0) as usize;
+        while open[fd] && held > 0 {
+            let want = held.min(CHUNK);
+            match read_some(channel, &pipes, fd, &mut chunk[..want], &mut sent, &mut cut) {
+                Some(n) => held -= n.min(held),
+                None => open[fd] = false,
+            }
         }
-        while open[fd] && read_some(channel, &pipes, fd, &mut chunk, &mut sent, &mut cut) {}
         if cut[fd] > 0 {
             let header = FromWorker::Output {
                 id: pipes.id,
@@ -160,8 +176,8 @@ fn forward(pipes: Pipes) {
     let _ = pipes.drained.send(());
 }
 
-/// Reads once from pipe `fd` and forwards what fits under the limit; returns whether the
-/// pipe may give more (`false` at its end, and when it would block).
+/// Reads once from pipe `fd` and forwards what fits under the limit; returns how many bytes
+/// it read, `None` at the pipe's end (or on an error).
 fn read_some(
     channel: &Channel,
     pipes: &Pipes,
@@ -169,12 +185,12 @@ fn read_some(
     chunk: &mut [u8],
     sent: &mut [usize; 2],
     cut: &mut [u64; 2],
-) -> bool {
+) -> Option<usize> {
     let n = match rustix::io::read(pipes.read[fd].as_fd(), &mut *chunk) {
-        Ok(0) => return false,
+        Ok(0) => return None,
         Ok(n) => n,
-        Err(rustix::io::Errno::INTR) => return true,
-        Err(_) => return false,
+        Err(rustix::io::Errno::INTR) => return Some(0),
+        Err(_) => return None,
     };
     let keep = n.min(CAPTURE_LIMIT - sent[fd]);
     cut[fd] += (n - keep) as u64;
@@ -192,5 +208,5 @@ fn read_some(
         head[..4].copy_from_slice(&(body as u32).to_le_bytes());
         channel.report(pipes.id, &[&head, &chunk[..keep]]);
     }
-    true
+    Some(n)
 }

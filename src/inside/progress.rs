@@ -1,7 +1,10 @@
 //! Progress reports, coalesced in the worker: the latest report wins, at most one frame is
 //! written per [`INTERVAL`], and the last report always reaches the parent before the task's
-//! reply.
+//! reply. A report held back is sent when the interval has passed, by a flusher thread, even
+//! if no other report follows (a task that reports and then computes for a minute shows
+//! where it is).
 
+use std::sync::{Condvar, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::{channel, lock, Channel};
@@ -22,6 +25,8 @@ pub(crate) struct State {
     open: bool,
     /// Reports come from a `map` chunk's items, and the task function's own are ignored.
     items: bool,
+    /// A report is held back, and the flusher was told.
+    held: bool,
 }
 
 impl State {
@@ -68,10 +73,63 @@ fn update(channel: &Channel, state: &mut State, done: u64, total: u64) {
     state.latest = Some((done, total));
     let now = Instant::now();
     if state.sent_at.is_some_and(|at| now - at < INTERVAL) {
+        if !state.held {
+            state.held = true;
+            wake_flusher();
+        }
         return;
     }
     state.sent_at = Some(now);
     send(channel, state, id);
+}
+
+/// The flusher's wake-up, paired with the channel's progress lock.
+static HELD: Condvar = Condvar::new();
+
+/// Tells the flusher that a report is held back, starting it the first time.
+fn wake_flusher() {
+    static STARTED: OnceLock<bool> = OnceLock::new();
+    let started = STARTED.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("offload-progress".into())
+            .spawn(flush_held)
+            .is_ok()
+    });
+    if *started {
+        HELD.notify_one();
+    }
+}
+
+/// The flusher thread: sends a held-back report once its interval has passed.
+fn flush_held() {
+    let Some(channel) = channel() else {
+        return;
+    };
+    let mut state = lock(&channel.progress);
+    loop {
+        if !state.held {
+            state = HELD
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            continue;
+        }
+        let due = state.sent_at.map_or_else(Instant::now, |at| at + INTERVAL);
+        let now = Instant::now();
+        if now < due {
+            state = HELD
+                .wait_timeout(state, due - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+            continue;
+        }
+        match channel.running() {
+            Some(id) if state.open && state.latest != state.sent => {
+                state.sent_at = Some(now);
+                send(channel, &mut state, id);
+            }
+            _ => state.held = false,
+        }
+    }
 }
 
 /// Sends the latest report as the last one of task `id`, if it was not sent yet, and takes
@@ -94,6 +152,7 @@ pub(super) fn flush(channel: &Channel, id: u64) {
 }
 
 fn send(channel: &Channel, state: &mut State, id: u64) {
+    state.held = false;
     let Some((done, total)) = state.latest else {
         return;
     };

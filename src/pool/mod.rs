@@ -21,7 +21,7 @@ use submit::{call_of, encode_args, submit, Job};
 pub use task_builder::TaskBuilder;
 
 use crate::error::Error;
-use crate::func::{AsyncTaskFn, StreamFn, TaskFn};
+use crate::func::{AsyncStreamFn, AsyncTaskFn, StreamFn, TaskFn};
 use crate::task::blocking::block_on;
 use crate::task::options::TaskOptions;
 use crate::task::{hand_end_to_driver, ProcessStream, ProcessTask, TaskInfo, TaskStatus};
@@ -210,6 +210,33 @@ impl ProcessPool {
         F: StreamFn<M>,
     {
         self.task(f).spawn_stream(args)
+    }
+
+    /// Runs the async stream function `f(args)` in a worker process, on `async_io::block_on`
+    /// there, and yields its items as they come; everything else is as for
+    /// [`spawn_stream`](ProcessPool::spawn_stream). See [`AsyncStreamFn`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # offload::init();
+    /// use futures_lite::{stream, Stream, StreamExt};
+    ///
+    /// fn evens(n: u64) -> impl Stream<Item = u64> {
+    ///     stream::iter(0..n).filter(|i| i % 2 == 0)
+    /// }
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let pool = offload::ProcessPool::new(1)?;
+    /// let evens: Vec<u64> = pool.spawn_stream_async(evens, 7).map(Result::unwrap).collect().await;
+    /// assert_eq!(evens, [0, 2, 4, 6]);
+    /// # Ok::<(), offload::Error>(()) }).unwrap();
+    /// ```
+    pub fn spawn_stream_async<F, M>(&self, f: F, args: F::Args) -> ProcessStream<F::Item>
+    where
+        F: AsyncStreamFn<M>,
+    {
+        self.task(f).spawn_stream_async(args)
     }
 
     /// A [`TaskBuilder`] for `f`: set per-task options (timeout, cancel timeout, callbacks),

@@ -317,7 +317,7 @@ async fn serve(
                         }
                         Idle::Worker(Ok(0)) | Idle::Worker(Err(_)) => {
                             serving.take();
-                            worker.bury().await;
+                            worker.bury(None).await;
                             return End::Replace;
                         }
                         Idle::Worker(Ok(_)) => {
@@ -435,7 +435,7 @@ async fn run_job<'a>(
         }
         Step::Reply(Err(lost @ (Lost::Died | Lost::CutShort))) => {
             serving.take();
-            let error = match (worker.bury().await, lost) {
+            let error = match (worker.bury(task.captured_stderr()).await, lost) {
                 // Killed while writing: a death. Exiting mid-frame on its own: a broken frame.
                 (
                     TaskError::WorkerDied {

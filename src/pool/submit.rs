@@ -4,12 +4,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::ProcessPool;
 use crate::error::TaskError;
-use crate::func::trampoline::{entry_of, entry_of_async, stream_entry_of};
-use crate::func::{func_name, AsyncTaskFn, StreamFn, TaskFn};
+use crate::func::trampoline::{async_stream_entry_of, entry_of, entry_of_async, stream_entry_of};
+use crate::func::{func_name, AsyncStreamFn, AsyncTaskFn, StreamFn, TaskFn};
 use crate::protocol::{frame, ToWorker, RUN_CAPTURE};
 use crate::task::args::{ArgsLayout, EncodedArgs};
 use crate::task::hand_end_to_driver;
@@ -66,15 +67,31 @@ pub(crate) fn async_call_of<F: AsyncTaskFn<M>, M>(options: TaskOptions) -> Call<
     }
 }
 
-/// A call of the stream function `F`, whose items go to `items`.
+/// A call of the stream function `F`, and where its items go.
 pub(crate) fn stream_call_of<F: StreamFn<M>, M>(
     options: TaskOptions,
 ) -> (Call<u64>, Arc<StreamItems<F::Item>>) {
+    stream_call(stream_entry_of::<F, M>(), func_name::<F>(), options)
+}
+
+/// A call of the async stream function `F`, and where its items go.
+pub(crate) fn async_stream_call_of<F: AsyncStreamFn<M>, M>(
+    options: TaskOptions,
+) -> (Call<u64>, Arc<StreamItems<F::Item>>) {
+    stream_call(async_stream_entry_of::<F, M>(), func_name::<F>(), options)
+}
+
+/// A call of the stream trampoline at `entry`: its result is the number of items.
+fn stream_call<T: DeserializeOwned + Send + 'static>(
+    entry: u64,
+    func_name: &'static str,
+    options: TaskOptions,
+) -> (Call<u64>, Arc<StreamItems<T>>) {
     let window = options.window.unwrap_or(DEFAULT_WINDOW);
-    let items = Arc::new(StreamItems::<F::Item>::new(window));
+    let items = Arc::new(StreamItems::<T>::new(window));
     let call = Call {
-        entry: stream_entry_of::<F, M>(),
-        func_name: func_name::<F>(),
+        entry,
+        func_name,
         decode: decode_value::<u64>,
         layout: ArgsLayout::Value,
         options,

@@ -5,10 +5,12 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::submit::{async_call_of, call_of, encode_args, stream_call_of, submit};
+use super::submit::{
+    async_call_of, async_stream_call_of, call_of, encode_args, stream_call_of, submit,
+};
 use super::ProcessPool;
 use crate::error::TaskError;
-use crate::func::{func_name, AsyncTaskFn, StreamFn, TaskFn};
+use crate::func::{func_name, AsyncStreamFn, AsyncTaskFn, StreamFn, TaskFn};
 use crate::task::options::TaskOptions;
 use crate::task::{ProcessStream, ProcessTask, TaskInfo};
 
@@ -249,6 +251,21 @@ impl<F, M> TaskBuilder<F, M> {
         F: StreamFn<M>,
     {
         let (call, items) = stream_call_of::<F, M>(self.options.clone());
+        let task = submit(
+            self.pool.as_ref().map_err(Clone::clone),
+            call,
+            encode_args(&args),
+        );
+        ProcessStream::new(task, items)
+    }
+
+    /// Spawns the async stream function `f(args)` with these options; see
+    /// [`ProcessPool::spawn_stream_async`].
+    pub fn spawn_stream_async(&self, args: F::Args) -> ProcessStream<F::Item>
+    where
+        F: AsyncStreamFn<M>,
+    {
+        let (call, items) = async_stream_call_of::<F, M>(self.options.clone());
         let task = submit(
             self.pool.as_ref().map_err(Clone::clone),
             call,

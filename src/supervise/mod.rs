@@ -9,7 +9,6 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_channel::Receiver;
 use async_process::{ChildStderr, ChildStdin, ChildStdout};
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, AsyncWriteExt};
@@ -92,8 +91,8 @@ pub(crate) struct WorkerLink {
     memory_limit: Option<u64>,
     /// Its stderr, until [`forward_stderr`](WorkerLink::forward_stderr) takes it.
     stderr: Option<ChildStderr>,
-    /// Tells, once its stderr ended, how it ended (see [`forward_stderr`]).
-    stderr_end: Option<Receiver<StderrEnd>>,
+    /// The end of what it wrote to its stderr, as [`forward_stderr`] keeps it.
+    stderr_tail: Option<Arc<StderrTail>>,
     /// What started it, for start-up errors (see [`Launched::via`]).
     via: Option<String>,
 }
@@ -137,7 +136,7 @@ impl Starting {
             buf: Vec::new(),
             memory_limit: self.memory_limit,
             stderr,
-            stderr_end: None,
+            stderr_tail: None,
             via,
         };
         let delivered = match &delivery {
@@ -279,7 +278,7 @@ impl WorkerLink {
             Some(Err(Lost::Died | Lost::CutShort)) => {
                 return Err(format!(
                     "{} while it ran the initializer",
-                    self.bury().await
+                    self.bury(None).await
                 ));
             }
             Some(Err(Lost::Broken(msg))) => format!("the worker broke the protocol: {msg}"),
@@ -343,11 +342,9 @@ impl WorkerLink {
     /// [`TaskError::MemoryLimit`].
     pub(crate) fn forward_stderr(&mut self) -> Option<impl Future<Output = ()> + 'static> {
         let stderr = self.stderr.take()?;
-        let (saw, seen) = async_channel::bounded(1);
-        self.stderr_end = Some(seen);
-        Some(async move {
-            let _ = saw.try_send(forward_stderr(stderr).await);
-        })
+        let tail = Arc::new(StderrTail::default());
+        self.stderr_tail = Some(tail.clone());
+        Some(forward_stderr(stderr, tail))
     }
 
     /// Writes one complete frame (a job) to the worker.
@@ -379,13 +376,15 @@ impl WorkerLink {
         let read = read_reply(&mut self.output, &mut self.buf, id, pid, reports);
         match reports.credit() {
             None => read.await,
-            Some(credit) => future::or(read, grant(&mut self.input, id, credit)).await,
+            // Credit first: the worker may be waiting for it while its reports keep coming.
+            Some(credit) => future::or(grant(&mut self.input, id, credit), read).await,
         }
     }
 
     /// Collects the exit status of a worker whose output ended, and says how it died, with
-    /// the end of what it wrote to its stderr.
-    pub(crate) async fn bury(mut self) -> TaskError {
+    /// the end of what it wrote to its stderr: `captured` is what its task wrote to a captured
+    /// fd 2 (where the worker's own last words went while it ran).
+    pub(crate) async fn bury(mut self, captured: Option<Vec<u8>>) -> TaskError {
         drop(self.input);
         let pid = self.pid;
         let status = self.process.exit_within(EXIT_GRACE).await;
@@ -396,28 +395,43 @@ impl WorkerLink {
                 "worker {pid} closed its output but kept running; it was killed"
             ));
         }
-        // Its stderr ends once its group is gone; what it said last is read by then.
-        let end = match &self.stderr_end {
-            Some(end) => within(EXIT_GRACE, end.recv())
-                .await
-                .and_then(Result::ok)
-                .unwrap_or_default(),
-            None => StderrEnd::default(),
+        let aborted = matches!(&status, Some(Ok(status)) if status.signal() == Some(SIGABRT));
+        // Its stderr ends once its group is gone: what it said last is read by then. A
+        // process that left the group may hold it open; the wait is short, unless the end
+        // must tell an allocation failure from other aborts.
+        let said = match &self.stderr_tail {
+            Some(tail) => {
+                let wait = match aborted && self.memory_limit.is_some() {
+                    true => EXIT_GRACE,
+                    false => LAST_WORDS_WAIT,
+                };
+                let _ = within(wait, tail.ended()).await;
+                tail.bytes()
+            }
+            None => Vec::new(),
         };
+        let said = match captured {
+            Some(captured) if !captured.is_empty() => captured,
+            _ => said,
+        };
+        let allocation_failed = said
+            .windows(ALLOCATION_FAILED.len())
+            .any(|w| w == ALLOCATION_FAILED);
+        let stderr = last_words(&said);
         match status {
-            Some(Ok(status)) if status.signal() == Some(SIGABRT) => {
+            Some(Ok(status)) if aborted => {
                 // An allocation over the limit aborts; its report on stderr tells it apart.
-                match self.memory_limit.filter(|_| end.allocation_failed) {
+                match self.memory_limit.filter(|_| allocation_failed) {
                     Some(limit) => TaskError::MemoryLimit { pid, limit },
-                    None => died(pid, status, end.tail),
+                    None => died(pid, status, stderr),
                 }
             }
-            Some(Ok(status)) => died(pid, status, end.tail),
+            Some(Ok(status)) => died(pid, status, stderr),
             _ => TaskError::WorkerDied {
                 pid,
                 code: None,
                 signal: None,
-                stderr: end.tail,
+                stderr,
             },
         }
     }
@@ -489,7 +503,15 @@ async fn read_reply<R: Reports + ?Sized>(
     pid: u32,
     reports: &R,
 ) -> Result<Reply, Lost> {
+    // Reports read since this future last yielded: a worker that reports without pause must
+    // not keep the driver from its other workers (a read that finds data does not yield).
+    let mut unyielded = 0;
     loop {
+        unyielded += 1;
+        if unyielded == REPORTS_PER_TURN {
+            unyielded = 0;
+            future::yield_now().await;
+        }
         match frame::read_frame_async(output, buf).await {
             Ok(true) => {}
             Ok(false) => return Err(Lost::Died),
@@ -563,6 +585,9 @@ async fn read_reply<R: Reports + ?Sized>(
     }
 }
 
+/// How many reports a reply's reader takes before it lets the driver's other work run.
+const REPORTS_PER_TURN: u32 = 64;
+
 /// Sends stream `id` the credit its consumer grants, as it grants it; never ends.
 ///
 /// A `Credit` frame is far smaller than `PIPE_BUF`, so each write is atomic: should this
@@ -590,46 +615,103 @@ const SIGABRT: i32 = 6;
 /// What Rust's default allocation failure handler writes before aborting.
 const ALLOCATION_FAILED: &[u8] = b"memory allocation of ";
 
-/// How a worker's stderr ended.
+/// How long a dead worker's stderr may take to end before its last words are taken as they
+/// are.
+const LAST_WORDS_WAIT: Duration = Duration::from_millis(250);
+
+/// The end of what a worker wrote to its stderr: up to twice [`TaskError::STDERR_TAIL`]
+/// bytes, cut back to the tail when full.
 #[derive(Default)]
-struct StderrEnd {
-    /// It reported a failed allocation.
-    allocation_failed: bool,
-    /// Its last lines, up to [`TaskError::STDERR_TAIL`] bytes; `None` if it wrote nothing.
-    tail: Option<String>,
+struct StderrTail {
+    bytes: std::sync::Mutex<Vec<u8>>,
+    /// Set once its stderr ended.
+    ended: std::sync::atomic::AtomicBool,
+    changed: event_listener::Event,
 }
 
-/// Copies a worker's stderr to ours until it ends; keeps its end, and whether the worker
-/// reported a failed allocation.
-async fn forward_stderr(mut stderr: ChildStderr) -> StderrEnd {
-    use std::io::Write;
-    let mut allocation_failed = false;
-    // The end of what it wrote: twice the tail at most, cut back to the tail when full.
-    let mut tail: Vec<u8> = Vec::new();
-    let mut chunk = vec![0; 8192];
+impl StderrTail {
+    fn add(&self, chunk: &[u8]) {
+        let mut bytes = self
+            .bytes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        bytes.extend_from_slice(chunk);
+        if bytes.len() > 2 * TaskError::STDERR_TAIL {
+            let cut = bytes.len() - TaskError::STDERR_TAIL;
+            bytes.drain(..cut);
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let bytes = self
+            .bytes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        bytes.clone()
+    }
+
+    fn end(&self) {
+        self.ended.store(true, std::sync::atomic::Ordering::Release);
+        self.changed.notify(usize::MAX);
+    }
+
+    async fn ended(&self) {
+        crate::sys::wait::until(&self.changed, || {
+            self.ended.load(std::sync::atomic::Ordering::Acquire)
+        })
+        .await
+    }
+}
+
+/// Copies a worker's stderr to ours (through [`stderr_writer`], so that a parent's stderr that
+/// blocks never blocks the driver) until it ends, keeping its end in `tail`.
+async fn forward_stderr(mut stderr: ChildStderr, tail: Arc<StderrTail>) {
+    let writer = stderr_writer();
     loop {
+        let mut chunk = vec![0; 8192];
         let n = match futures_lite::AsyncReadExt::read(&mut stderr, &mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let _ = std::io::stderr().write_all(&chunk[..n]);
-        // The report may be split between two reads: look at it with what came before.
-        let seen_from = tail.len().saturating_sub(ALLOCATION_FAILED.len());
-        tail.extend_from_slice(&chunk[..n]);
-        allocation_failed |= tail[seen_from..]
-            .windows(ALLOCATION_FAILED.len())
-            .any(|w| w == ALLOCATION_FAILED);
-        if tail.len() > 2 * TaskError::STDERR_TAIL {
-            tail.drain(..tail.len() - TaskError::STDERR_TAIL);
+        chunk.truncate(n);
+        tail.add(&chunk);
+        // Waits while the writer is behind: the worker then waits to write, as it would on
+        // an inherited stderr that blocks.
+        if let Some(writer) = &writer {
+            let _ = writer.send(chunk).await;
         }
     }
-    let start = tail.len().saturating_sub(TaskError::STDERR_TAIL);
-    let text = String::from_utf8_lossy(&tail[start..]);
+    tail.end();
+}
+
+/// The thread that writes what workers wrote to their stderr to this process's stderr; `None`
+/// if it could not start (their output is then dropped, their last words still kept).
+fn stderr_writer() -> Option<async_channel::Sender<Vec<u8>>> {
+    static WRITER: std::sync::OnceLock<Option<async_channel::Sender<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    WRITER
+        .get_or_init(|| {
+            let (send, chunks) = async_channel::bounded::<Vec<u8>>(64);
+            std::thread::Builder::new()
+                .name("offload-stderr".into())
+                .spawn(move || {
+                    use std::io::Write;
+                    while let Ok(chunk) = chunks.recv_blocking() {
+                        let _ = std::io::stderr().write_all(&chunk);
+                    }
+                })
+                .ok()
+                .map(|_| send)
+        })
+        .clone()
+}
+
+/// The last lines of what a worker wrote, as text; `None` if there is nothing to say.
+fn last_words(said: &[u8]) -> Option<String> {
+    let start = said.len().saturating_sub(TaskError::STDERR_TAIL);
+    let text = String::from_utf8_lossy(&said[start..]);
     let text = text.trim_matches(|c: char| c.is_whitespace() || c == char::REPLACEMENT_CHARACTER);
-    StderrEnd {
-        allocation_failed,
-        tail: (!text.is_empty()).then(|| text.to_owned()),
-    }
+    (!text.is_empty()).then(|| text.to_owned())
 }
 
 /// The error for a worker that ended with `status`, having written `stderr` last.

@@ -68,6 +68,8 @@ pub(crate) trait AnyTask: Send + Sync + Reports {
     fn take_end_report(&self) -> bool;
     /// Hands the result out to the awaiting side, once the end was reported.
     fn release(&self);
+    /// What it wrote to its captured fd 2 so far; `None` without capture.
+    fn captured_stderr(&self) -> Option<Vec<u8>>;
     /// Its tracing span (which exists with the `tracing` feature only).
     #[cfg(feature = "tracing")]
     fn span(&self) -> &TaskSpan;
@@ -464,6 +466,13 @@ impl<T: Send> AnyTask for Shared<T> {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+
+    fn captured_stderr(&self) -> Option<Vec<u8>> {
+        self.lock()
+            .output
+            .as_ref()
+            .map(|output| output.stderr.clone())
     }
 
     #[cfg(feature = "tracing")]

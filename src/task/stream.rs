@@ -79,19 +79,22 @@ impl<T> StreamItems<T> {
 
 impl<T: DeserializeOwned + Send> ItemSink for StreamItems<T> {
     fn push(&self, count: u32, payload: &[u8]) -> Result<(), String> {
+        // The worker may send its window and what was granted since, no more: so the parent
+        // never holds more than a window of items (and a count is checked before it is used).
+        {
+            let state = self.lock();
+            let received = state.received + u64::from(count);
+            if received > self.window + state.granted {
+                return Err(format!(
+                    "the stream sent {received} items with credit for {}",
+                    self.window + state.granted
+                ));
+            }
+        }
         let (mut decoded, failed) = decode_items::<T>(count, payload)?;
         let waker = {
             let mut state = self.lock();
             state.received += u64::from(count);
-            // The worker may send its window and what was granted since, no more: so the
-            // parent never holds more than a window of items.
-            if state.received > self.window + state.granted {
-                return Err(format!(
-                    "the stream sent {} items with credit for {}",
-                    state.received,
-                    self.window + state.granted
-                ));
-            }
             if state.queue.is_empty() {
                 std::mem::swap(&mut state.queue, &mut decoded);
             } else {
@@ -114,6 +117,9 @@ impl<T: DeserializeOwned + Send> ItemSink for StreamItems<T> {
     }
 }
 
+/// A decoded batch, and the message of the item that did not decode (its last).
+type Decoded<T> = (VecDeque<Result<T, TaskError>>, Option<String>);
+
 /// Decodes a batch of `count` items. They are decoded under one guard (one per item would
 /// keep the decoding of small values from being inlined); only if a `Deserialize` panics are
 /// they decoded again one guard each, so that the items before the panic are kept. An item
@@ -121,9 +127,10 @@ impl<T: DeserializeOwned + Send> ItemSink for StreamItems<T> {
 fn decode_items<T: DeserializeOwned>(
     count: u32,
     payload: &[u8],
-) -> Result<(VecDeque<Result<T, TaskError>>, Option<String>), String> {
+) -> Result<Decoded<T>, String> {
     let decode_with = |decode: &dyn Fn(&[u8]) -> Result<T, String>| {
-        let mut decoded = VecDeque::with_capacity(count as usize);
+        // An item takes 4 bytes at least: room for more than that is the worker's word only.
+        let mut decoded = VecDeque::with_capacity((count as usize).min(payload.len() / 4));
         let mut segments = Segments::from_count(count, payload);
         for segment in &mut segments {
             let (_, bytes) = segment?;
@@ -345,5 +352,51 @@ impl<T> Unpin for ProcessStream<T> {}
 impl<T> fmt::Debug for ProcessStream<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.task.info().describe("ProcessStream", f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(items: &[u64]) -> Vec<u8> {
+        let mut payload = Vec::new();
+        for item in items {
+            let encoded = rmp_serde::to_vec(item).unwrap();
+            payload.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+            payload.extend_from_slice(&encoded);
+        }
+        payload
+    }
+
+    #[test]
+    fn a_lying_count_is_refused_before_anything_is_allocated() {
+        let items = StreamItems::<u64>::new(4);
+        assert!(items.push(u32::MAX, &[]).is_err(), "over the credit");
+        let items = StreamItems::<u64>::new(u64::from(u32::MAX));
+        // Within the credit, but the payload holds no such number of items: room for the
+        // count would take hundreds of GB (this process would abort), room for what the
+        // payload can hold is made instead.
+        assert!(items.push(u32::MAX, &batch(&[1, 2])).is_err());
+    }
+
+    #[test]
+    fn items_beyond_the_window_and_the_credit_break_the_protocol() {
+        let items = StreamItems::<u64>::new(2);
+        items.push(2, &batch(&[1, 2])).unwrap();
+        assert!(
+            items.push(1, &batch(&[3])).is_err(),
+            "no credit was granted"
+        );
+        let items = StreamItems::<u64>::new(2);
+        items.push(2, &batch(&[1, 2])).unwrap();
+        items.lock().granted += 1;
+        items.push(1, &batch(&[3])).unwrap();
+        let queued: Vec<u64> = items.lock().queue.drain(..).map(Result::unwrap).collect();
+        assert_eq!(queued, [1, 2, 3]);
+        assert!(
+            items.push(1, &batch(&[1, 2])).is_err(),
+            "bytes after the last item"
+        );
     }
 }
