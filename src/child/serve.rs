@@ -111,7 +111,11 @@ fn serve_locally(mut link: ParentLink) -> Result<(), String> {
             Some(ToWorker::Credit { .. }) => continue,
             Some(other) => return Err(format!("unexpected message {other:?}")),
         };
-        let lent = link.lend_input();
+        // A stream reads its credit there while it runs.
+        let lent = match job.window {
+            0 => None,
+            _ => link.lend_input(),
+        };
         let (body, payload_start) = link.last_frame();
         // A reply buffer that a large result grew is given back when the next job is small.
         frame::shrink_for(&mut reply, body.len());

@@ -33,6 +33,8 @@ pub(crate) struct Channel {
     current: AtomicU64,
     /// The `Run` flags of the task that runs.
     flags: AtomicU8,
+    /// The stream window of the task that runs (0: not a stream).
+    window: AtomicU64,
     progress: Mutex<progress::State>,
     credit: Mutex<stream::Credit>,
     credit_changed: Condvar,
@@ -64,6 +66,7 @@ pub(crate) fn install(output: File) -> &'static Channel {
         running: AtomicBool::new(false),
         current: AtomicU64::new(0),
         flags: AtomicU8::new(0),
+        window: AtomicU64::new(0),
         progress: Mutex::new(progress::State::default()),
         credit: Mutex::new(stream::Credit::default()),
         credit_changed: Condvar::new(),
@@ -114,7 +117,8 @@ impl Channel {
     }
 
     /// Opens task `id` (its `Run` `flags` and stream `window`): its reports may be written
-    /// from now on. A local worker lends its `input` for the task's run.
+    /// from now on. A local worker lends its `input` to a stream for its run (and gets it
+    /// back from [`end`](Channel::end)); other tasks leave it.
     pub(crate) fn begin(
         &self,
         id: u64,
@@ -122,8 +126,11 @@ impl Channel {
         window: u64,
         input: Option<BufReader<File>>,
     ) -> Result<(), String> {
-        *lock(&self.input) = input;
-        *lock(&self.credit) = stream::Credit::open(id, window);
+        // Only a stream reads credit: other tasks take no lock for it.
+        if window > 0 {
+            *lock(&self.input) = input;
+            *lock(&self.credit) = stream::Credit::open(id, window);
+        }
         lock(&self.progress).open();
         lock(&self.output).task = Some(id);
         self.current.store(id, Ordering::Relaxed);
@@ -134,6 +141,7 @@ impl Channel {
             }
         }
         self.flags.store(flags, Ordering::Relaxed);
+        self.window.store(window, Ordering::Relaxed);
         self.running.store(true, Ordering::Release);
         Ok(())
     }
@@ -148,8 +156,13 @@ impl Channel {
         if self.flags() & RUN_CAPTURE != 0 {
             capture::finish();
         }
-        *lock(&self.credit) = stream::Credit::default();
-        let input = lock(&self.input).take();
+        let input = match self.window.load(Ordering::Relaxed) {
+            0 => None,
+            _ => {
+                *lock(&self.credit) = stream::Credit::default();
+                lock(&self.input).take()
+            }
+        };
         let mut output = lock(&self.output);
         output.task = None;
         output

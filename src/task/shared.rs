@@ -176,8 +176,8 @@ struct State<T> {
     meta: Meta,
     /// The outcome, from the moment the task finishes until the handle takes it.
     outcome: Option<Result<T, TaskError>>,
-    /// What the task wrote, if it captures its output.
-    output: Option<TaskOutput>,
+    /// What the task wrote, if it captures its output (boxed: most tasks do not).
+    output: Option<Box<TaskOutput>>,
     /// Whether the handle already took the outcome.
     taken: bool,
     /// Whether the end was reported, so the outcome may be handed out.
@@ -201,6 +201,7 @@ impl<T> Shared<T> {
         options: TaskOptions,
         tally: Option<Arc<Tally>>,
     ) -> Self {
+        let output = options.capture.then(Box::default);
         Shared {
             started: Started {
                 id,
@@ -210,13 +211,13 @@ impl<T> Shared<T> {
             },
             decode,
             span: TaskSpan::spawned(id, func_name),
-            options: options.clone(),
+            options,
             tally,
             items: None,
             state: Mutex::new(State {
                 meta: Meta::default(),
                 outcome: None,
-                output: options.capture.then(TaskOutput::default),
+                output,
                 taken: false,
                 released: false,
                 waker: None,
@@ -236,7 +237,7 @@ impl<T> Shared<T> {
 
     /// What the task wrote so far, if it captures its output.
     pub(crate) fn output(&self) -> Option<TaskOutput> {
-        self.lock().output.clone()
+        self.lock().output.as_deref().cloned()
     }
 
     fn lock(&self) -> MutexGuard<'_, State<T>> {

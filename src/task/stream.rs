@@ -124,10 +124,7 @@ type Decoded<T> = (VecDeque<Result<T, TaskError>>, Option<String>);
 /// keep the decoding of small values from being inlined); only if a `Deserialize` panics are
 /// they decoded again one guard each, so that the items before the panic are kept. An item
 /// that does not decode is the last one, an error, and its message is returned beside.
-fn decode_items<T: DeserializeOwned>(
-    count: u32,
-    payload: &[u8],
-) -> Result<Decoded<T>, String> {
+fn decode_items<T: DeserializeOwned>(count: u32, payload: &[u8]) -> Result<Decoded<T>, String> {
     let decode_with = |decode: &dyn Fn(&[u8]) -> Result<T, String>| {
         // An item takes 4 bytes at least: room for more than that is the worker's word only.
         let mut decoded = VecDeque::with_capacity((count as usize).min(payload.len() / 4));
