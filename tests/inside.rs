@@ -589,7 +589,6 @@ fn main() {
         progress_outside_a_worker_does_nothing,
         a_report_held_back_arrives_while_the_task_computes,
         a_stream_of_ten_thousand_items_arrives_complete_and_in_order,
-        a_slow_consumer_keeps_the_worker_at_most_a_window_ahead,
         dropping_a_stream_stops_its_worker_within_a_second,
         a_stream_that_panics_yields_its_items_then_the_panic,
         a_cancelled_stream_ends_with_cancelled,
@@ -604,8 +603,14 @@ fn main() {
         a_dead_workers_last_stderr_is_in_its_error,
         a_log_record_in_a_task_reaches_the_parents_logger_tagged,
     ];
-    common::main_with(common::trials_under(
-        &[Runtime::Smol, Runtime::TokioMultiThread],
-        &scenarios,
+    let runtimes = [Runtime::Smol, Runtime::TokioMultiThread];
+    let mut trials = common::trials_under(&runtimes, &scenarios);
+    // Ten million items one by one take a while in a debug build on a busy machine.
+    let long = scenarios![a_slow_consumer_keeps_the_worker_at_most_a_window_ahead];
+    trials.extend(common::trials_within(
+        Duration::from_secs(600),
+        &runtimes,
+        &long,
     ));
+    common::main_with(trials);
 }

@@ -118,7 +118,8 @@ impl Channel {
 
     /// Opens task `id` (its `Run` `flags` and stream `window`): its reports may be written
     /// from now on. A local worker lends its `input` to a stream for its run (and gets it
-    /// back from [`end`](Channel::end)); other tasks leave it.
+    /// back from [`end`](Channel::end)); other tasks leave it. On an error (its output could
+    /// not be captured) the task does not run, and [`end`](Channel::end) still closes it.
     pub(crate) fn begin(
         &self,
         id: u64,
@@ -126,6 +127,10 @@ impl Channel {
         window: u64,
         input: Option<BufReader<File>>,
     ) -> Result<(), String> {
+        // First: `end` undoes what these say, even for a task that could not begin.
+        self.current.store(id, Ordering::Relaxed);
+        self.flags.store(flags & !RUN_CAPTURE, Ordering::Relaxed);
+        self.window.store(window, Ordering::Relaxed);
         // Only a stream reads credit: other tasks take no lock for it.
         if window > 0 {
             *lock(&self.input) = input;
@@ -133,15 +138,10 @@ impl Channel {
         }
         lock(&self.progress).open();
         lock(&self.output).task = Some(id);
-        self.current.store(id, Ordering::Relaxed);
         if flags & RUN_CAPTURE != 0 {
-            if let Err(e) = capture::start(id) {
-                lock(&self.output).task = None;
-                return Err(e);
-            }
+            capture::start(id)?;
+            self.flags.store(flags, Ordering::Relaxed);
         }
-        self.flags.store(flags, Ordering::Relaxed);
-        self.window.store(window, Ordering::Relaxed);
         self.running.store(true, Ordering::Release);
         Ok(())
     }

@@ -29,9 +29,14 @@ pub fn trial(name: &'static str, test: fn()) -> Trial {
 
 /// Runs `fut` to completion, failing the test if it takes longer than [`BOUND`].
 pub async fn bounded<T>(fut: impl Future<Output = T>) -> T {
+    bounded_by(BOUND, fut).await
+}
+
+/// Runs `fut` to completion, failing the test if it takes longer than `bound`.
+pub async fn bounded_by<T>(bound: Duration, fut: impl Future<Output = T>) -> T {
     futures_lite::future::or(fut, async {
-        async_io::Timer::after(BOUND).await;
-        panic!("scenario did not finish within {BOUND:?}");
+        async_io::Timer::after(bound).await;
+        panic!("scenario did not finish within {bound:?}");
     })
     .await
 }
@@ -68,13 +73,23 @@ pub type Scenario = fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// One trial per scenario and runtime, named `{scenario}_under_{runtime}`.
 pub fn trials_under(runtimes: &[Runtime], scenarios: &[(&str, Scenario)]) -> Vec<Trial> {
+    trials_within(BOUND, runtimes, scenarios)
+}
+
+/// [`trials_under`] for scenarios that may take up to `bound` each (a long one, on a loaded
+/// machine, in a debug build).
+pub fn trials_within(
+    bound: Duration,
+    runtimes: &[Runtime],
+    scenarios: &[(&str, Scenario)],
+) -> Vec<Trial> {
     let mut trials = Vec::new();
     for &(name, scenario) in scenarios {
         for &runtime in runtimes {
             trials.push(Trial::test(
                 format!("{name}_under_{}", runtime.name()),
                 move || {
-                    runtime.block_on(scenario());
+                    runtime.block_on_within(bound, scenario());
                     Ok(())
                 },
             ));
@@ -102,7 +117,16 @@ pub const RUNTIMES: [Runtime; 4] = [
 impl Runtime {
     /// Runs `fut` on this runtime, within [`BOUND`].
     pub fn block_on<T: Send + 'static>(self, fut: impl Future<Output = T> + Send + 'static) -> T {
-        let fut = bounded(fut);
+        self.block_on_within(BOUND, fut)
+    }
+
+    /// Runs `fut` on this runtime, within `bound`.
+    pub fn block_on_within<T: Send + 'static>(
+        self,
+        bound: Duration,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> T {
+        let fut = bounded_by(bound, fut);
         match self {
             Runtime::Smol => smol::block_on(fut),
             Runtime::AsyncStd => async_std::task::block_on(fut),
