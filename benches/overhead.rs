@@ -13,6 +13,11 @@
 //! 8. lag of a 1 ms async ticker while the workers compute (a second run of 7);
 //! 9. parent memory per queued task, with 100,000 tasks queued at once.
 //!
+//! 10. peers in the same run: procspawn's pool of 2 on the same work (round trip, tasks/s, the
+//!     16 MiB echo, cold start, cancel → worker gone), and offload's ratio to it;
+//! 11. scale: round trip p50 and trivial tasks/s spawned one by one with 1, 2, 4, 8 and 16
+//!     workers (on this machine's CPUs: past 2, more workers only share them).
+//!
 //! `cargo bench --bench overhead -- throughput` prints figure 3 alone, five times.
 
 use std::io::{Read, Write};
@@ -68,10 +73,12 @@ fn wait_for(path: PathBuf) -> u64 {
     0
 }
 
-/// Pins the calling thread (0 = this one) or process to `cpu`, or frees it with `None`.
+/// Pins the calling thread to `cpu`, or frees it with `None` (every CPU again: the count is
+/// taken once, before any pinning, since a pinned thread sees only its own CPU).
 fn pin(cpu: Option<usize>) {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut set = rustix::thread::CpuSet::new();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     match cpu {
         Some(cpu) => set.set(cpu % cpus),
         None => (0..cpus).for_each(|c| set.set(c)),
@@ -321,8 +328,184 @@ fn memory_per_queued_task() -> f64 {
     per_task
 }
 
+/// Figure 11: for each pool size, the round trip p50 (2000 sequential trivial tasks) and the
+/// tasks/s of 50,000 trivial tasks spawned one by one.
+fn scale() -> Vec<(usize, Duration, f64)> {
+    [1, 2, 4, 8, 16]
+        .into_iter()
+        .map(|workers| {
+            let pool = ProcessPool::new(workers).unwrap();
+            pool.ready_blocking().unwrap();
+            let mut trips: Vec<Duration> = (0..2000u64)
+                .map(|i| {
+                    let start = Instant::now();
+                    pool.spawn(trivial, i).wait().unwrap();
+                    start.elapsed()
+                })
+                .collect();
+            let (trip50, _) = percentiles(&mut trips);
+            const SPAWNED: u64 = 50_000;
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..SPAWNED).map(|i| pool.spawn(trivial, i)).collect();
+            for task in tasks {
+                task.wait().unwrap();
+            }
+            let per_s = SPAWNED as f64 / start.elapsed().as_secs_f64();
+            pool.shutdown_blocking();
+            (workers, trip50, per_s)
+        })
+        .collect()
+}
+
+/// procspawn's pool on the same work, for figure 10.
+mod peers {
+    use std::time::{Duration, Instant};
+
+    use serde_bytes::ByteBuf;
+
+    /// Round trips and cancels measured for the peer (it is slower: fewer keep the run short).
+    const ROUND_TRIPS: usize = 2_000;
+    const SPAWNED: u64 = 20_000;
+    const COLD_STARTS: usize = 20;
+    const CANCELS: usize = 30;
+
+    fn trivial(x: u64) -> u64 {
+        x + 1
+    }
+
+    fn echo(bytes: ByteBuf) -> ByteBuf {
+        bytes
+    }
+
+    fn offload_spin() -> u64 {
+        loop {
+            std::hint::spin_loop();
+        }
+    }
+
+    fn spin(_: ()) -> u64 {
+        loop {
+            std::hint::spin_loop();
+        }
+    }
+
+    pub fn round_trips(pool: &procspawn::Pool) -> Vec<Duration> {
+        (0..ROUND_TRIPS as u64)
+            .map(|i| {
+                let start = Instant::now();
+                assert_eq!(pool.spawn(i, trivial).join().unwrap(), i + 1);
+                start.elapsed()
+            })
+            .collect()
+    }
+
+    /// Trivial tasks per second, spawned one by one and joined together, `BATCH` at a time:
+    /// each queued procspawn task holds descriptors of its own (two IPC channels), and all
+    /// 20,000 at once would exhaust the descriptor limit.
+    pub fn throughput(pool: &procspawn::Pool) -> f64 {
+        const BATCH: u64 = 200;
+        let start = Instant::now();
+        for batch in 0..SPAWNED / BATCH {
+            let first = batch * BATCH;
+            let handles: Vec<_> = (first..first + BATCH)
+                .map(|i| pool.spawn(i, trivial))
+                .collect();
+            for (i, handle) in (first..).zip(handles) {
+                assert_eq!(handle.join().unwrap(), i + 1);
+            }
+        }
+        SPAWNED as f64 / start.elapsed().as_secs_f64()
+    }
+
+    pub fn echoes(pool: &procspawn::Pool, data: &[u8], rounds: usize) -> Vec<Duration> {
+        (0..=rounds)
+            .map(|_| {
+                let buffer = ByteBuf::from(data.to_vec());
+                let start = Instant::now();
+                let echoed = pool.spawn(buffer, echo).join().unwrap();
+                let elapsed = start.elapsed();
+                assert_eq!(echoed.len(), data.len());
+                elapsed
+            })
+            .skip(1) // the first warms up
+            .collect()
+    }
+
+    pub fn cold_starts() -> Vec<Duration> {
+        (0..COLD_STARTS)
+            .map(|_| {
+                let start = Instant::now();
+                let pool = procspawn::Pool::new(2).unwrap();
+                pool.spawn(1, trivial).join().unwrap();
+                let elapsed = start.elapsed();
+                pool.shutdown();
+                elapsed
+            })
+            .collect()
+    }
+
+    /// Whether process `pid` is gone (or a zombie: it runs no more).
+    pub fn gone(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rfind(')')
+                .is_some_and(|end| stat[end..].starts_with(") Z"))
+        })
+    }
+
+    /// The same for offload: a spinning task on a pool of one, time from `cancel` until its
+    /// worker runs no more (gone or a zombie, before the reap that figure 6 includes).
+    pub fn offload_cancels() -> Vec<Duration> {
+        let pool = offload::ProcessPool::new(1).unwrap();
+        let mut samples = Vec::with_capacity(CANCELS);
+        for _ in 0..CANCELS {
+            pool.spawn(trivial, 0).wait().unwrap(); // a worker is up
+            let task = pool.spawn(offload_spin, ());
+            let pid = loop {
+                if let Some(pid) = task.pid() {
+                    break pid;
+                }
+                std::thread::yield_now();
+            };
+            let start = Instant::now();
+            task.cancel();
+            while !gone(pid) {
+                std::thread::yield_now();
+            }
+            samples.push(start.elapsed());
+            task.cancel_and_wait_blocking();
+        }
+        samples
+    }
+
+    /// A spinning task on a pool of one: time from `kill` until its worker runs no more.
+    pub fn cancels() -> Vec<Duration> {
+        let pool = procspawn::Pool::new(1).unwrap();
+        let mut samples = Vec::with_capacity(CANCELS);
+        for _ in 0..CANCELS {
+            pool.spawn(0, trivial).join().unwrap(); // a worker is up
+            let mut handle = pool.spawn((), spin);
+            let pid = loop {
+                if let Some(pid) = handle.pid() {
+                    break pid;
+                }
+                std::thread::yield_now();
+            };
+            let start = Instant::now();
+            handle.kill().unwrap();
+            while !gone(pid) {
+                std::thread::yield_now();
+            }
+            samples.push(start.elapsed());
+        }
+        samples
+    }
+}
+
 fn main() {
     offload::init();
+    // procspawn's workers are this program too: they serve here (figure 10).
+    procspawn::init();
+    pin(None); // counts the CPUs while nothing is pinned
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("--raw-echo") => raw_echo(args[2].parse().ok(), false),
@@ -365,6 +548,19 @@ fn main() {
     let (_, lag99) = percentiles(&mut lags);
     let per_queued = memory_per_queued_task();
     let (spawned_per_s, mapped_per_s) = throughput(&pool);
+
+    // 10. The peer, on the same work, after offload's figures (its pool is started now, so
+    // that its idle workers do not share the CPUs with the figures above).
+    let peer = procspawn::Pool::new(2).unwrap();
+    peer.spawn(0, |x: u64| x).join().unwrap();
+    let (peer_trip50, _) = percentiles(&mut peers::round_trips(&peer));
+    let peer_spawned = peers::throughput(&peer);
+    let (peer_echo50, _) = percentiles(&mut peers::echoes(&peer, &data, ECHOES));
+    peer.shutdown();
+    let (peer_cold50, _) = percentiles(&mut peers::cold_starts());
+    let (peer_cancel50, _) = percentiles(&mut peers::cancels());
+    let (gone50, _) = percentiles(&mut peers::offload_cancels());
+    let scaled = scale();
 
     let mb_per_s = |d: Duration| ECHO_BYTES as f64 / d.as_secs_f64() / 1e6;
     println!("figure (2 workers)                         p50           p99   ratio");
@@ -422,4 +618,48 @@ fn main() {
         lags.len()
     );
     println!("9. parent memory per queued task        {per_queued:>9.0} bytes");
+    println!("10. peers, same run: procspawn 1.0 pool of 2 (the target: offload ahead on each)");
+    let ahead = |better: bool| if better { "ahead" } else { "behind" };
+    let fastest = smol50.min(tokio50);
+    println!(
+        "    round trip p50: procspawn {:>8.1} µs, offload {:>8.1} µs   {:.1}× faster, {}",
+        micros(peer_trip50),
+        micros(fastest),
+        peer_trip50.as_secs_f64() / fastest.as_secs_f64(),
+        ahead(fastest < peer_trip50)
+    );
+    println!(
+        "    tasks/s one by one: procspawn {peer_spawned:>8.0}, offload {spawned_per_s:>8.0}   {:.1}×, {}",
+        spawned_per_s / peer_spawned,
+        ahead(spawned_per_s > peer_spawned)
+    );
+    println!(
+        "    16 MiB echo: procspawn {:>6.0} MB/s, offload {:>6.0} MB/s   {:.1}×, {}",
+        mb_per_s(peer_echo50),
+        mb_per_s(echo50),
+        peer_echo50.as_secs_f64() / echo50.as_secs_f64(),
+        ahead(echo50 < peer_echo50)
+    );
+    for (name, peer50, ours50) in [
+        ("cold start, pool of 2 + result", peer_cold50, cold50),
+        ("cancel → worker gone", peer_cancel50, gone50),
+    ] {
+        println!(
+            "    {name}: procspawn {:>6.2} ms, offload {:>6.2} ms   {:.1}× faster, {}",
+            millis(peer50),
+            millis(ours50),
+            peer50.as_secs_f64() / ours50.as_secs_f64(),
+            ahead(ours50 < peer50)
+        );
+    }
+    println!(
+        "11. scale (this machine has {} CPUs)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    for (workers, trip50, per_s) in scaled {
+        println!(
+            "    {workers:>2} workers: round trip p50 {:>6.1} µs, tasks spawned one by one {per_s:>8.0} /s",
+            micros(trip50)
+        );
+    }
 }
