@@ -143,8 +143,34 @@ async fn cancel_disturbs_no_other_task() {
     assert!(is_our_child(bystander_pid), "the other worker lives on");
 }
 
+/// A cancel must never reach a worker that already answered and took the next job (written
+/// to it early, before the answer is handed out): a cancel that crosses the answer of task A
+/// leaves B, queued right behind A on the same worker, alone. (A stop sent from the caller's
+/// thread the moment it cancels, without this guard, fails it within a few dozen rounds.)
+async fn a_cancel_that_crosses_the_answer_never_stops_the_next_task() {
+    let pool = ProcessPool::new(1).unwrap();
+    let mut cancelled = 0;
+    for round in 0..400u64 {
+        let a = pool.spawn(whoami, ());
+        let b = pool.spawn(whoami, ());
+        // A is answered within microseconds: cancel it after a delay that sweeps the window.
+        let until = Instant::now() + Duration::from_micros(round % 100);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        cancelled += usize::from(a.cancel());
+        match b.await {
+            Ok(_) => {}
+            Err(error) => panic!("round {round}: the task behind the cancelled one got {error}"),
+        }
+    }
+    // The sweep hit running tasks, not only queued or finished ones.
+    assert!(cancelled > 0, "no cancel took effect");
+}
+
 fn main() {
     let scenarios = scenarios![
+        a_cancel_that_crosses_the_answer_never_stops_the_next_task,
         queued_task_cancelled_never_runs,
         running_task_cancelled_stops_its_worker_which_is_replaced,
         worker_ignoring_sigterm_is_killed_after_the_cancel_timeout,
