@@ -16,7 +16,11 @@
 //! 10. peers in the same run: procspawn's pool of 2 on the same work (round trip, tasks/s, the
 //!     16 MiB echo, cold start, cancel → worker gone), and offload's ratio to it;
 //! 11. scale: round trip p50 and trivial tasks/s spawned one by one with 1, 2, 4, 8 and 16
-//!     workers (on this machine's CPUs: past 2, more workers only share them).
+//!     workers (on this machine's CPUs: past 2, more workers only share them);
+//! 12. payload size against echo time, 1 KiB to 256 MiB, for a raw pipe, offload and
+//!     procspawn, alternated per round; written as the plot docs/payloads.svg.
+//!
+//! `cargo bench --bench overhead -- payloads` runs figure 12 alone.
 //!
 //! `cargo bench --bench overhead -- throughput` prints figure 3 alone, five times.
 
@@ -86,14 +90,14 @@ fn pin(cpu: Option<usize>) {
     let _ = rustix::thread::sched_setaffinity(None, &set);
 }
 
-/// The child side of the raw measurements: pinned to `cpu` if given, echo 16-byte messages,
-/// or one whole buffer at a time for `--raw-echo-bulk`.
-fn raw_echo(cpu: Option<usize>, bulk: bool) -> ! {
+/// The child side of the raw measurements: pinned to `cpu` if given, echoes messages of
+/// `size` bytes (16 for the ping-pong, a whole buffer for the echoes).
+fn raw_echo(cpu: Option<usize>, size: usize) -> ! {
     if cpu.is_some() {
         pin(cpu);
     }
     let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
-    let mut msg = vec![0u8; if bulk { ECHO_BYTES } else { 16 }];
+    let mut msg = vec![0u8; size];
     while input.read_exact(&mut msg).is_ok() {
         output.write_all(&msg).unwrap();
         output.flush().unwrap();
@@ -116,16 +120,11 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// A raw child for `raw_echo`, pinned to `child_cpu` if given.
-fn raw_child(child_cpu: Option<usize>, bulk: bool) -> std::process::Child {
-    let mode = if bulk {
-        "--raw-echo-bulk"
-    } else {
-        "--raw-echo"
-    };
+/// A raw child for `raw_echo` of `size`-byte messages, pinned to `child_cpu` if given.
+fn raw_child(child_cpu: Option<usize>, size: usize) -> std::process::Child {
     let cpu = child_cpu.map_or("any".to_string(), |c| c.to_string());
     Command::new(std::env::current_exe().unwrap())
-        .args([mode, &cpu])
+        .args(["--raw-echo", &cpu, &size.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -134,7 +133,7 @@ fn raw_child(child_cpu: Option<usize>, bulk: bool) -> std::process::Child {
 
 fn raw_pipe_round_trips(child_cpu: usize) -> Vec<Duration> {
     pin(Some(0));
-    let mut child = raw_child(Some(child_cpu), false);
+    let mut child = raw_child(Some(child_cpu), 16);
     let (mut to, mut from) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
     let mut msg = [7u8; 16];
     let mut samples = Vec::with_capacity(ROUND_TRIPS);
@@ -153,7 +152,7 @@ fn raw_pipe_round_trips(child_cpu: usize) -> Vec<Duration> {
 /// Echoes of `data`, alternately through a raw child (unpinned, like offload's workers) and
 /// through the pool, so that both series see the same machine: (raw, offload).
 fn echoes(pool: &ProcessPool, data: &[u8]) -> (Vec<Duration>, Vec<Duration>) {
-    let mut child = raw_child(None, true);
+    let mut child = raw_child(None, ECHO_BYTES);
     let (mut to, mut from) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
     // The same 1 MiB pipes as offload's workers: the floor is what the system allows.
     for pipe in [to.as_fd(), from.as_fd()] {
@@ -357,6 +356,162 @@ fn scale() -> Vec<(usize, Duration, f64)> {
         .collect()
 }
 
+/// Figure 12: median echo times of a `size`-byte buffer through a raw pipe child, an offload
+/// worker and a procspawn worker, alternated round by round: `(size, raw, offload, procspawn)`.
+fn payload_curve(pool: &ProcessPool, peer: &procspawn::Pool) -> Vec<(usize, [Duration; 3])> {
+    let sizes = (0..10).map(|i| 1024usize << (2 * i)); // 1 KiB, 4 KiB, … 256 MiB
+    sizes
+        .map(|size| {
+            let rounds = match size {
+                s if s >= 64 << 20 => 3,
+                s if s >= 1 << 20 => 7,
+                _ => 41,
+            };
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let mut child = raw_child(None, size);
+            let (mut to, mut from) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+            for pipe in [to.as_fd(), from.as_fd()] {
+                rustix::pipe::fcntl_setpipe_size(pipe, 1 << 20).unwrap();
+            }
+            let mut back = vec![0u8; size];
+            let mut times = [Vec::new(), Vec::new(), Vec::new()];
+            for round in 0..=rounds {
+                let start = Instant::now();
+                if size <= 1 << 20 {
+                    // It fits in the pipe: no writer thread to start (its cost would dominate).
+                    to.write_all(&data).unwrap();
+                    from.read_exact(&mut back).unwrap();
+                } else {
+                    std::thread::scope(|s| {
+                        s.spawn(|| to.write_all(&data).unwrap());
+                        from.read_exact(&mut back).unwrap();
+                    });
+                }
+                let raw = start.elapsed();
+                let buffer = ByteBuf::from(data.clone());
+                let start = Instant::now();
+                assert_eq!(pool.spawn(echo, buffer).wait().unwrap().len(), size);
+                let ours = start.elapsed();
+                let buffer = ByteBuf::from(data.clone());
+                let start = Instant::now();
+                assert_eq!(peer.spawn(buffer, peers::echo).join().unwrap().len(), size);
+                let theirs = start.elapsed();
+                if round > 0 {
+                    for (series, time) in times.iter_mut().zip([raw, ours, theirs]) {
+                        series.push(time);
+                    }
+                }
+            }
+            drop(to);
+            child.wait().unwrap();
+            (size, times.map(|mut series| percentiles(&mut series).0))
+        })
+        .collect()
+}
+
+/// The plot of figure 12: echo time against payload size, both on log scales, as SVG.
+fn payload_plot(curve: &[(usize, [Duration; 3])]) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 440.0;
+    const LEFT: f64 = 80.0;
+    const RIGHT: f64 = 160.0;
+    const TOP: f64 = 30.0;
+    const BOTTOM: f64 = 60.0;
+    let (x_min, x_max) = (10.0, 28.0); // log2 of 1 KiB and of 256 MiB
+    let (y_min, y_max) = (-6.0, 1.0); // log10 of 1 µs and of 10 s
+    let x =
+        |size: usize| LEFT + ((size as f64).log2() - x_min) / (x_max - x_min) * (W - LEFT - RIGHT);
+    let y = |time: Duration| {
+        let t = time.as_secs_f64().max(1e-6).log10();
+        TOP + (y_max - t) / (y_max - y_min) * (H - TOP - BOTTOM)
+    };
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"{W}\" height=\"{H}\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">\
+         Echo of one buffer: time against size (medians, cargo bench --bench overhead)</text>\n",
+        (W - RIGHT + LEFT) / 2.0
+    );
+    for (i, label) in ["1 KiB", "16 KiB", "256 KiB", "4 MiB", "64 MiB"]
+        .iter()
+        .enumerate()
+    {
+        let px = x(1024 << (4 * i));
+        svg += &format!(
+            "<line x1=\"{px:.1}\" y1=\"{TOP}\" x2=\"{px:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>\n",
+            H - BOTTOM,
+            H - BOTTOM + 18.0
+        );
+    }
+    for (i, label) in [
+        "1 µs", "10 µs", "100 µs", "1 ms", "10 ms", "100 ms", "1 s", "10 s",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let py = y(Duration::from_nanos(1000 * 10u64.pow(i as u32)));
+        svg += &format!(
+            "<line x1=\"{LEFT}\" y1=\"{py:.1}\" x2=\"{:.1}\" y2=\"{py:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>\n",
+            W - RIGHT,
+            LEFT - 8.0,
+            py + 4.0
+        );
+    }
+    svg += &format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">payload size</text>\n",
+        (W - RIGHT + LEFT) / 2.0,
+        H - 16.0
+    );
+    for (series, (name, colour)) in [
+        ("raw pipe", "#555555"),
+        ("offload", "#d62728"),
+        ("procspawn", "#1f77b4"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let points: Vec<String> = curve
+            .iter()
+            .map(|(size, times)| format!("{:.1},{:.1}", x(*size), y(times[series])))
+            .collect();
+        let legend_y = TOP + 20.0 + 20.0 * series as f64;
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\
+             <line x1=\"{:.1}\" y1=\"{legend_y:.1}\" x2=\"{:.1}\" y2=\"{legend_y:.1}\" \
+             stroke=\"{colour}\" stroke-width=\"2\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\">{name}</text>\n",
+            points.join(" "),
+            W - RIGHT + 15.0,
+            W - RIGHT + 40.0,
+            W - RIGHT + 46.0,
+            legend_y + 4.0
+        );
+    }
+    svg + "</svg>\n"
+}
+
+/// Runs figure 12, prints it and writes docs/payloads.svg.
+fn payloads(pool: &ProcessPool, peer: &procspawn::Pool) {
+    let curve = payload_curve(pool, peer);
+    println!("12. echo of one buffer, medians (raw pipe / offload / procspawn)");
+    for (size, [raw, ours, theirs]) in &curve {
+        println!(
+            "    {:>9} bytes: {:>9.1} µs / {:>9.1} µs / {:>9.1} µs   offload at {:>3.0} % of raw",
+            size,
+            micros(*raw),
+            micros(*ours),
+            micros(*theirs),
+            100.0 * raw.as_secs_f64() / ours.as_secs_f64()
+        );
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/payloads.svg");
+    std::fs::write(path, payload_plot(&curve)).unwrap();
+    println!("    plot written to docs/payloads.svg");
+}
+
 /// procspawn's pool on the same work, for figure 10.
 mod peers {
     use std::time::{Duration, Instant};
@@ -373,7 +528,7 @@ mod peers {
         x + 1
     }
 
-    fn echo(bytes: ByteBuf) -> ByteBuf {
+    pub fn echo(bytes: ByteBuf) -> ByteBuf {
         bytes
     }
 
@@ -507,13 +662,17 @@ fn main() {
     procspawn::init();
     pin(None); // counts the CPUs while nothing is pinned
     let args: Vec<String> = std::env::args().collect();
-    match args.get(1).map(String::as_str) {
-        Some("--raw-echo") => raw_echo(args[2].parse().ok(), false),
-        Some("--raw-echo-bulk") => raw_echo(args[2].parse().ok(), true),
-        _ => {} // `cargo bench` passes `--bench`
+    // `cargo bench` passes `--bench`; the raw children of figures 1, 4 and 12 this.
+    if args.get(1).map(String::as_str) == Some("--raw-echo") {
+        raw_echo(args[2].parse().ok(), args[3].parse().unwrap());
     }
     let pool = ProcessPool::new(2).unwrap();
     pool.spawn(trivial, 0).wait().unwrap(); // workers are ready
+    if args.iter().any(|a| a == "payloads") {
+        let peer = procspawn::Pool::new(1).unwrap();
+        payloads(&pool, &peer);
+        return;
+    }
     if args.iter().any(|a| a == "throughput") {
         // `cargo bench --bench overhead -- throughput`: figure 3 alone, five times.
         for _ in 0..5 {
@@ -556,6 +715,7 @@ fn main() {
     let (peer_trip50, _) = percentiles(&mut peers::round_trips(&peer));
     let peer_spawned = peers::throughput(&peer);
     let (peer_echo50, _) = percentiles(&mut peers::echoes(&peer, &data, ECHOES));
+    payloads(&pool, &peer);
     peer.shutdown();
     let (peer_cold50, _) = percentiles(&mut peers::cold_starts());
     let (peer_cancel50, _) = percentiles(&mut peers::cancels());
