@@ -68,17 +68,31 @@ fn time(run: impl FnOnce()) -> Duration {
     started.elapsed()
 }
 
-fn progress_cost(pool: &ProcessPool) {
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        with.push(time(|| {
-            pool.spawn(with_progress, CALLS).wait().unwrap();
-        }));
-        without.push(time(|| {
-            pool.spawn(without_progress, CALLS).wait().unwrap();
-        }));
+/// The medians of `rounds` runs of `a` and of `b`, interleaved round by round so that both see
+/// the same machine; each gets the round's number.
+fn interleaved(
+    rounds: usize,
+    mut a: impl FnMut(usize),
+    mut b: impl FnMut(usize),
+) -> (Duration, Duration) {
+    let (mut of_a, mut of_b) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        of_a.push(time(|| a(round)));
+        of_b.push(time(|| b(round)));
     }
-    let (with, without) = (median(&mut with), median(&mut without));
+    (median(&mut of_a), median(&mut of_b))
+}
+
+fn progress_cost(pool: &ProcessPool) {
+    let (with, without) = interleaved(
+        ROUNDS,
+        |_| {
+            pool.spawn(with_progress, CALLS).wait().unwrap();
+        },
+        |_| {
+            pool.spawn(without_progress, CALLS).wait().unwrap();
+        },
+    );
     let extra = with.saturating_sub(without);
     println!(
         "1. progress: {CALLS} calls in {:.1} ms against {:.1} ms without: {:.1} ms more \
@@ -90,14 +104,7 @@ fn progress_cost(pool: &ProcessPool) {
     );
 }
 
-fn report(
-    what: &str,
-    n: u64,
-    bytes: usize,
-    mut streamed: Vec<Duration>,
-    mut mapped: Vec<Duration>,
-) {
-    let (streamed, mapped) = (median(&mut streamed), median(&mut mapped));
+fn report(what: &str, n: u64, bytes: usize, (streamed, mapped): (Duration, Duration)) {
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     let mbs = |d: Duration| (n as f64 * bytes as f64) / d.as_secs_f64() / 1e6;
     println!(
@@ -113,51 +120,50 @@ fn report(
 
 fn stream_throughput(pool: &ProcessPool) {
     const SMALL: u64 = 1_000_000;
-    let (mut streamed, mut mapped) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        streamed.push(time(|| {
+    let small = interleaved(
+        ROUNDS,
+        |_| {
             let count = future::block_on(pool.spawn_stream(numbers, SMALL).count());
             assert_eq!(count as u64, SMALL);
-        }));
-        mapped.push(time(|| {
+        },
+        |_| {
             let results = pool.map_blocking(number, 0..SMALL);
             assert_eq!(results.len() as u64, SMALL);
-        }));
-    }
+        },
+    );
     // A u64 below 2^32 encodes in at most 5 bytes; the MB/s count 8.
-    report("1,000,000 u64 items", SMALL, 8, streamed, mapped);
+    report("1,000,000 u64 items", SMALL, 8, small);
 
     const LARGE: u64 = 20_000;
-    let (mut streamed, mut mapped) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        streamed.push(time(|| {
+    let large = interleaved(
+        ROUNDS,
+        |_| {
             let count = future::block_on(pool.spawn_stream(buffers, LARGE).count());
             assert_eq!(count as u64, LARGE);
-        }));
-        mapped.push(time(|| {
+        },
+        |_| {
             let results = pool.map_blocking(buffer, 0..LARGE);
             assert_eq!(results.len() as u64, LARGE);
-        }));
-    }
-    report("20,000 items of 1 KiB", LARGE, 1024, streamed, mapped);
+        },
+    );
+    report("20,000 items of 1 KiB", LARGE, 1024, large);
 }
 
 fn capture_cost(pool: &ProcessPool) {
     const TRIPS: usize = 2000;
-    let (mut plain, mut captured) = (Vec::new(), Vec::new());
-    for i in 0..TRIPS {
-        plain.push(time(|| {
+    let (plain, captured) = interleaved(
+        TRIPS,
+        |i| {
             pool.spawn(trivial, i as u64).wait().unwrap();
-        }));
-        captured.push(time(|| {
+        },
+        |i| {
             pool.task(trivial)
                 .capture_output()
                 .spawn(i as u64)
                 .wait()
                 .unwrap();
-        }));
-    }
-    let (plain, captured) = (median(&mut plain), median(&mut captured));
+        },
+    );
     println!(
         "3. capture_output: trivial round trip {:.1} µs without, {:.1} µs with: {:.1} µs per \
          task (median of {TRIPS} each, interleaved)",
