@@ -16,7 +16,7 @@ use std::time::Duration;
 use super::link::ParentLink;
 use crate::inside::logger;
 use crate::protocol::build::{build_id, content_id, target};
-use crate::protocol::{entry, frame, CodecFailure, FromWorker, ToWorker};
+use crate::protocol::{entry, frame, CodecFailure, FromWorker, Run, ToWorker};
 use crate::sys::panic::{self, Panic};
 use crate::sys::signal::{kill_own_group, Signal};
 
@@ -96,17 +96,7 @@ fn serve_locally(mut link: ParentLink) -> Result<(), String> {
     loop {
         let job = match link.receive()? {
             None | Some(ToWorker::Shutdown) => return Ok(()),
-            Some(ToWorker::Run {
-                id,
-                entry,
-                flags,
-                window,
-            }) => Job {
-                id,
-                entry,
-                flags,
-                window,
-            },
+            Some(ToWorker::Run(job)) => job,
             // Credit that crossed the end of its stream.
             Some(ToWorker::Credit { .. }) => continue,
             Some(other) => return Err(format!("unexpected message {other:?}")),
@@ -122,14 +112,6 @@ fn serve_locally(mut link: ParentLink) -> Result<(), String> {
         run(&link, &job, lent, &body[payload_start..], &mut reply)
             .map(|input| link.take_back_input(input))?;
     }
-}
-
-/// What a `Run` frame asks for.
-struct Job {
-    id: u64,
-    entry: u64,
-    flags: u8,
-    window: u64,
 }
 
 /// One task at a time, read on this thread between tasks; while a task runs, the control
@@ -163,17 +145,7 @@ fn serve_remotely(mut link: ParentLink) -> Result<(), String> {
             Some(ToWorker::Shutdown) => return Ok(()),
             // A stop that crossed the end of its task: the parent expects this worker to go.
             Some(ToWorker::Stop { grace_ms }) => stop_group(grace_ms),
-            Some(ToWorker::Run {
-                id,
-                entry,
-                flags,
-                window,
-            }) => Job {
-                id,
-                entry,
-                flags,
-                window,
-            },
+            Some(ToWorker::Run(job)) => job,
             // Credit that crossed the end of its stream.
             Some(ToWorker::Credit { .. }) => continue,
             Some(other) => return Err(format!("unexpected message {other:?}")),
@@ -243,7 +215,7 @@ fn control(
                 Ok(false) | Err(_) => kill_own_group(),
             }
             match frame::split::<ToWorker>(&body) {
-                Ok((ToWorker::Run { .. } | ToWorker::Shutdown, _)) => next = Some(body),
+                Ok((ToWorker::Run(_) | ToWorker::Shutdown, _)) => next = Some(body),
                 Ok((ToWorker::Credit { id, items }, _)) => {
                     if let Some(channel) = crate::inside::channel() {
                         channel.grant(id, items);
@@ -311,7 +283,7 @@ fn follow_parent(parent: u32, remote: bool) -> Result<bool, String> {
 /// reported). `lent` is the input a local worker lends the task; it is given back.
 fn run(
     link: &ParentLink,
-    job: &Job,
+    job: &Run,
     lent: Option<std::io::BufReader<File>>,
     args: &[u8],
     reply: &mut Vec<u8>,

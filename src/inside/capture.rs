@@ -22,7 +22,7 @@ use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::stdio;
 
 use super::{channel, lock, Channel};
-use crate::protocol::{frame, FromWorker, CAPTURE_LIMIT};
+use crate::protocol::{FromWorker, CAPTURE_LIMIT};
 
 /// Bytes read at once.
 const CHUNK: usize = 64 * 1024;
@@ -156,7 +156,7 @@ pub(super) fn finish() {
                 fd: fd as u8 + 1,
                 cut: state.cut[fd],
             };
-            channel.report(pipes.id, &[&frame::frame(&header)]);
+            channel.report(pipes.id, &header, &[]);
         }
     }
     state.done = true;
@@ -236,17 +236,12 @@ fn read_some(
     state.cut[fd] += (n - keep) as u64;
     if keep > 0 {
         state.sent[fd] += keep;
-        let mut head = Vec::with_capacity(32);
         let header = FromWorker::Output {
             id: pipes.id,
             fd: fd as u8 + 1,
             cut: 0,
         };
-        // A small header always encodes, and a chunk is far below the frame cap.
-        let _ = frame::begin(&mut head, &header);
-        let body = head.len() - 4 + keep;
-        head[..4].copy_from_slice(&(body as u32).to_le_bytes());
-        channel.report(pipes.id, &[&head, &state.chunk[..keep]]);
+        channel.report(pipes.id, &header, &state.chunk[..keep]);
     }
     Read::Bytes(n)
 }

@@ -5,7 +5,8 @@
 use log::{LevelFilter, Log, Metadata, Record};
 
 use super::channel;
-use crate::protocol::{frame, FromWorker};
+use crate::protocol::event::LogRecord;
+use crate::protocol::FromWorker;
 
 /// Forwards records to the parent.
 struct Forward;
@@ -59,14 +60,16 @@ impl Log for Forward {
         };
         let header = FromWorker::Log {
             id,
-            level: record.level() as u8,
-            target: record.target().to_owned(),
-            message: cut(record.args().to_string()),
-            module_path: record.module_path().map(str::to_owned),
-            file: record.file().map(str::to_owned),
-            line: record.line(),
+            record: LogRecord {
+                level: record.level() as u8,
+                target: record.target().to_owned(),
+                message: cut(record.args().to_string()),
+                module_path: record.module_path().map(str::to_owned),
+                file: record.file().map(str::to_owned),
+                line: record.line(),
+            },
         };
-        channel.report(id, &[&frame::frame(&header)]);
+        channel.report(id, &header, &[]);
     }
 
     fn flush(&self) {}

@@ -18,7 +18,7 @@ use std::io::{BufReader, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use crate::protocol::{frame, ToWorker, RUN_CAPTURE};
+use crate::protocol::{frame, FromWorker, ToWorker, RUN_CAPTURE};
 use crate::sys::signal::kill_own_group;
 
 /// The channel of this worker process, once it has taken over its descriptors.
@@ -88,18 +88,20 @@ impl Channel {
             .map_err(|e| format!("could not write to the parent: {e}"))
     }
 
-    /// Writes a report of task `id`, made of `parts` written in a row, if that task still
-    /// runs; a report of a task that ended is dropped. A failed write is left for the reply
-    /// to find.
-    pub(crate) fn report(&self, id: u64, parts: &[&[u8]]) {
+    /// Writes a report of task `id`, `header` and then `payload` (empty for most), if that
+    /// task still runs; a report of a task that ended is dropped. A failed write is left for
+    /// the reply to find.
+    pub(crate) fn report(&self, id: u64, header: &FromWorker, payload: &[u8]) {
+        // Reports are small headers, and payloads stay far below the frame cap.
+        let Ok(head) = frame::head(header, payload.len()) else {
+            return;
+        };
         let mut output = lock(&self.output);
         if output.task != Some(id) {
             return;
         }
-        for part in parts {
-            if output.file.write_all(part).is_err() {
-                return;
-            }
+        if output.file.write_all(&head).is_ok() && !payload.is_empty() {
+            let _ = output.file.write_all(payload);
         }
     }
 

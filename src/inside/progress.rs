@@ -8,7 +8,7 @@ use std::sync::{Condvar, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::{channel, lock, Channel};
-use crate::protocol::{frame, FromWorker};
+use crate::protocol::FromWorker;
 
 /// The shortest time between two progress frames of one task.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(5);
@@ -136,18 +136,20 @@ fn flush_held() {
 /// no more.
 pub(super) fn close(channel: &Channel, id: u64) {
     let mut state = lock(&channel.progress);
-    if state.open && state.latest != state.sent {
-        send(channel, &mut state, id);
-    }
+    send_held(channel, &mut state, id);
     state.open = false;
 }
 
 /// Sends the latest report of task `id` now, if it was not sent yet.
 pub(super) fn flush(channel: &Channel, id: u64) {
-    let mut state = lock(&channel.progress);
+    send_held(channel, &mut lock(&channel.progress), id);
+}
+
+/// Sends the latest report of task `id`, if reports are taken and it was not sent yet.
+fn send_held(channel: &Channel, state: &mut State, id: u64) {
     if state.open && state.latest != state.sent {
         state.sent_at = Some(Instant::now());
-        send(channel, &mut state, id);
+        send(channel, state, id);
     }
 }
 
@@ -157,8 +159,5 @@ fn send(channel: &Channel, state: &mut State, id: u64) {
         return;
     };
     state.sent = state.latest;
-    channel.report(
-        id,
-        &[&frame::frame(&FromWorker::Progress { id, done, total })],
-    );
+    channel.report(id, &FromWorker::Progress { id, done, total }, &[]);
 }

@@ -4,7 +4,7 @@
 //! task may run at most the credit the parent granted ahead: it starts with the stream's
 //! window and grows as the consumer takes items.
 
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use super::{channel, lock, Channel};
 use crate::protocol::{frame, FromWorker};
@@ -59,6 +59,20 @@ struct Batching {
     changed: Condvar,
 }
 
+impl Batching {
+    /// Locks the batch and waits while `busy` holds for it.
+    fn wait_while(&self, busy: impl FnMut(&mut Batch) -> bool) -> MutexGuard<'_, Batch> {
+        self.changed
+            .wait_while(lock(&self.batch), busy)
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks the batch once every item of the last stream was written.
+    fn drained(&self) -> MutexGuard<'_, Batch> {
+        self.wait_while(|batch| batch.count > 0 || batch.writing)
+    }
+}
+
 /// The sender thread's batching, started with the first stream.
 static BATCHING: OnceLock<Arc<Batching>> = OnceLock::new();
 
@@ -91,13 +105,7 @@ fn send_batches(batching: &Batching) {
     let mut spare = Vec::new();
     loop {
         let (id, mut items, count) = {
-            let mut batch = lock(&batching.batch);
-            while batch.count == 0 {
-                batch = batching
-                    .changed
-                    .wait(batch)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
+            let mut batch = batching.wait_while(|batch| batch.count == 0);
             batch.writing = true;
             let count = std::mem::replace(&mut batch.count, 0);
             (batch.id, std::mem::replace(&mut batch.items, spare), count)
@@ -113,12 +121,7 @@ fn send_batches(batching: &Batching) {
 
 /// Writes `count` encoded `items` of stream `id` as one frame.
 fn write(channel: &Channel, id: u64, items: &[u8], count: u32) {
-    let mut head = Vec::with_capacity(32);
-    // A small header always encodes, and a batch is far below the frame cap.
-    let _ = frame::begin(&mut head, &FromWorker::Items { id, count });
-    let body = head.len() - 4 + items.len();
-    head[..4].copy_from_slice(&(body as u32).to_le_bytes());
-    channel.report(id, &[&head, items]);
+    channel.report(id, &FromWorker::Items { id, count }, items);
 }
 
 /// The items of the stream that runs, as its trampoline sends them.
@@ -139,16 +142,8 @@ impl Items {
         let channel = channel().ok_or("a stream runs only in a worker")?;
         let id = channel.running().ok_or("no stream runs")?;
         let batching = batching()?;
-        let mut batch = lock(&batching.batch);
         // Every stream waits for its items to be written before it ends; this is the guard.
-        while batch.count > 0 || batch.writing {
-            batch = batching
-                .changed
-                .wait(batch)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        batch.id = id;
-        drop(batch);
+        batching.drained().id = id;
         Ok(Items {
             id,
             sent: 0,
@@ -174,14 +169,9 @@ impl Items {
                 frame::MAX_FRAME_LEN / 2
             ));
         }
-        let mut batch = lock(&self.batching.batch);
-        while batch.items.len() >= BATCH_BYTES {
-            batch = self
-                .batching
-                .changed
-                .wait(batch)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
+        let mut batch = self
+            .batching
+            .wait_while(|batch| batch.items.len() >= BATCH_BYTES);
         batch.items.extend_from_slice(&(len as u32).to_le_bytes());
         batch.items.extend_from_slice(&self.scratch);
         batch.count += 1;
@@ -196,14 +186,7 @@ impl Items {
 
     /// Waits until every item was written; returns how many there were.
     pub(crate) fn finish(self) -> u64 {
-        let mut batch = lock(&self.batching.batch);
-        while batch.count > 0 || batch.writing {
-            batch = self
-                .batching
-                .changed
-                .wait(batch)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
+        drop(self.batching.drained());
         self.sent
     }
 }

@@ -9,15 +9,15 @@ use serde::Serialize;
 
 use super::ProcessPool;
 use crate::error::TaskError;
-use crate::func::trampoline::{async_stream_entry_of, entry_of, entry_of_async, stream_entry_of};
-use crate::func::{func_name, AsyncStreamFn, AsyncTaskFn, StreamFn, TaskFn};
-use crate::protocol::{frame, ToWorker, RUN_CAPTURE};
+use crate::func::trampoline::{entry_of, entry_of_async};
+use crate::func::{func_name, AsyncTaskFn, TaskFn};
+use crate::protocol::{frame, Run, ToWorker, RUN_CAPTURE};
 use crate::task::args::{ArgsLayout, EncodedArgs};
 use crate::task::hand_end_to_driver;
 use crate::task::options::TaskOptions;
 use crate::task::shared::{decode_value, report_end, AnyTask, Decoder, Shared};
 use crate::task::stream::{ItemSink, StreamItems, DEFAULT_WINDOW};
-use crate::task::ProcessTask;
+use crate::task::{ProcessStream, ProcessTask};
 
 /// One task on its way to a worker.
 pub(crate) struct Job {
@@ -67,40 +67,6 @@ pub(crate) fn async_call_of<F: AsyncTaskFn<M>, M>(options: TaskOptions) -> Call<
     }
 }
 
-/// A call of the stream function `F`, and where its items go.
-pub(crate) fn stream_call_of<F: StreamFn<M>, M>(
-    options: TaskOptions,
-) -> (Call<u64>, Arc<StreamItems<F::Item>>) {
-    stream_call(stream_entry_of::<F, M>(), func_name::<F>(), options)
-}
-
-/// A call of the async stream function `F`, and where its items go.
-pub(crate) fn async_stream_call_of<F: AsyncStreamFn<M>, M>(
-    options: TaskOptions,
-) -> (Call<u64>, Arc<StreamItems<F::Item>>) {
-    stream_call(async_stream_entry_of::<F, M>(), func_name::<F>(), options)
-}
-
-/// A call of the stream trampoline at `entry`: its result is the number of items.
-fn stream_call<T: DeserializeOwned + Send + 'static>(
-    entry: u64,
-    func_name: &'static str,
-    options: TaskOptions,
-) -> (Call<u64>, Arc<StreamItems<T>>) {
-    let window = options.window.unwrap_or(DEFAULT_WINDOW);
-    let items = Arc::new(StreamItems::<T>::new(window));
-    let call = Call {
-        entry,
-        func_name,
-        decode: decode_value::<u64>,
-        layout: ArgsLayout::Value,
-        options,
-        flags: 0,
-        stream: Some((items.clone(), window)),
-    };
-    (call, items)
-}
-
 /// Writes `args` as the payload of a `Run` frame.
 pub(crate) fn encode_args<A: Serialize>(
     args: &A,
@@ -144,12 +110,12 @@ pub(crate) fn submit<T: Send + 'static>(
     };
     let encoded = frame::begin(
         &mut frame,
-        &ToWorker::Run {
+        &ToWorker::Run(Run {
             id,
             entry: call.entry,
             flags,
             window,
-        },
+        }),
     )
     .map(|()| frame.len())
     .and_then(|args_start| write_payload(&mut frame).map(|()| args_start))
@@ -197,4 +163,27 @@ pub(crate) fn submit<T: Send + 'static>(
     // Only elastic slots without a worker listen: a fixed pool pays one atomic load.
     state.demand.notify(usize::MAX);
     task
+}
+
+/// Queues a call of the stream trampoline at `entry` (its result is the number of items) on
+/// `pool`, with the payload `write_payload` appends, and returns its stream.
+pub(crate) fn submit_stream<T: DeserializeOwned + Send + 'static>(
+    pool: Result<&ProcessPool, TaskError>,
+    entry: u64,
+    func_name: &'static str,
+    options: TaskOptions,
+    write_payload: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) -> ProcessStream<T> {
+    let window = options.window.unwrap_or(DEFAULT_WINDOW);
+    let items = Arc::new(StreamItems::<T>::new(window));
+    let call = Call {
+        entry,
+        func_name,
+        decode: decode_value::<u64>,
+        layout: ArgsLayout::Value,
+        options,
+        flags: 0,
+        stream: Some((items.clone(), window)),
+    };
+    ProcessStream::new(submit(pool, call, write_payload), items)
 }

@@ -5,11 +5,10 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::submit::{
-    async_call_of, async_stream_call_of, call_of, encode_args, stream_call_of, submit,
-};
+use super::submit::{async_call_of, call_of, encode_args, submit, submit_stream};
 use super::ProcessPool;
 use crate::error::TaskError;
+use crate::func::trampoline::{async_stream_entry_of, stream_entry_of};
 use crate::func::{func_name, AsyncStreamFn, AsyncTaskFn, StreamFn, TaskFn};
 use crate::task::options::TaskOptions;
 use crate::task::{ProcessStream, ProcessTask, TaskInfo};
@@ -250,13 +249,13 @@ impl<F, M> TaskBuilder<F, M> {
     where
         F: StreamFn<M>,
     {
-        let (call, items) = stream_call_of::<F, M>(self.options.clone());
-        let task = submit(
+        submit_stream(
             self.pool.as_ref().map_err(Clone::clone),
-            call,
+            stream_entry_of::<F, M>(),
+            func_name::<F>(),
+            self.options.clone(),
             encode_args(&args),
-        );
-        ProcessStream::new(task, items)
+        )
     }
 
     /// Spawns the async stream function `f(args)` with these options; see
@@ -265,13 +264,13 @@ impl<F, M> TaskBuilder<F, M> {
     where
         F: AsyncStreamFn<M>,
     {
-        let (call, items) = async_stream_call_of::<F, M>(self.options.clone());
-        let task = submit(
+        submit_stream(
             self.pool.as_ref().map_err(Clone::clone),
-            call,
+            async_stream_entry_of::<F, M>(),
+            func_name::<F>(),
+            self.options.clone(),
             encode_args(&args),
-        );
-        ProcessStream::new(task, items)
+        )
     }
 }
 

@@ -3,6 +3,7 @@
 //! consumer grants back.
 
 use event_listener::EventListener;
+use serde::{Deserialize, Serialize};
 
 /// One report of a running task, borrowed from the frame it came in.
 pub(crate) enum Report<'a> {
@@ -36,7 +37,8 @@ impl Reports for Unwatched {
     }
 }
 
-/// A `log` record from a worker, as plain data.
+/// A `log` record from a worker, as plain data (as the `Log` message carries it).
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct LogRecord {
     /// `log::Level` as a number: 1 is `Error`, 5 is `Trace`.
     pub(crate) level: u8,

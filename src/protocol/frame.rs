@@ -73,6 +73,21 @@ pub(crate) fn finish(buf: &mut [u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The length prefix and `header` of a frame whose `payload_len` bytes of payload are written
+/// right after them (from a buffer of their own, without a copy into the frame).
+pub(crate) fn head(header: &impl Serialize, payload_len: usize) -> Result<Vec<u8>, String> {
+    let mut head = Vec::with_capacity(32);
+    begin(&mut head, header)?;
+    let body = head.len() - LEN_PREFIX + payload_len;
+    if body > MAX_FRAME_LEN {
+        return Err(format!(
+            "message is {body} bytes, over the limit of {MAX_FRAME_LEN} bytes"
+        ));
+    }
+    head[..LEN_PREFIX].copy_from_slice(&(body as u32).to_le_bytes());
+    Ok(head)
+}
+
 /// Builds a complete frame holding only `header`.
 pub(crate) fn frame(header: &impl Serialize) -> Vec<u8> {
     let mut buf = Vec::with_capacity(32);
@@ -149,18 +164,18 @@ pub(crate) async fn read_frame_async(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{CodecFailure, FromWorker, ToWorker};
+    use crate::protocol::{CodecFailure, FromWorker, Run, ToWorker};
     use proptest::prelude::*;
 
     #[test]
     fn header_and_payload_round_trip() {
         let mut buf = Vec::new();
-        let run = ToWorker::Run {
+        let run = ToWorker::Run(Run {
             id: 7,
             entry: 99,
             flags: 3,
             window: 256,
-        };
+        });
         begin(&mut buf, &run).unwrap();
         push(&mut buf, &(1u8, "two".to_string(), vec![3u64; 100])).unwrap();
         finish(&mut buf).unwrap();
@@ -172,12 +187,12 @@ mod tests {
         let (header, payload) = split::<ToWorker>(&body).unwrap();
         assert!(matches!(
             header,
-            ToWorker::Run {
+            ToWorker::Run(Run {
                 id: 7,
                 entry: 99,
                 flags: 3,
                 window: 256
-            }
+            })
         ));
         let args: (u8, String, Vec<u64>) = rmp_serde::from_slice(payload).unwrap();
         assert_eq!(args, (1, "two".to_string(), vec![3; 100]));
@@ -214,12 +229,12 @@ mod tests {
     /// Valid frames of every message, to mutate.
     fn samples() -> Vec<Vec<u8>> {
         let mut run = Vec::new();
-        let header = ToWorker::Run {
+        let header = ToWorker::Run(Run {
             id: 3,
             entry: 77,
             flags: 1,
             window: 0,
-        };
+        });
         begin(&mut run, &header).unwrap();
         push(&mut run, &("args", 1u8)).unwrap();
         finish(&mut run).unwrap();
@@ -267,12 +282,14 @@ mod tests {
             }),
             frame(&FromWorker::Log {
                 id: 9,
-                level: 2,
-                target: "t".into(),
-                message: "m".into(),
-                module_path: Some("p".into()),
-                file: None,
-                line: Some(3),
+                record: crate::protocol::event::LogRecord {
+                    level: 2,
+                    target: "t".into(),
+                    message: "m".into(),
+                    module_path: Some("p".into()),
+                    file: None,
+                    line: Some(3),
+                },
             }),
         ]
     }

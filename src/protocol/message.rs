@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::event::LogRecord;
+
 /// Parent → worker headers.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
@@ -23,17 +25,8 @@ pub(crate) enum ToWorker {
         #[serde(default)]
         log_level: u8,
     },
-    /// Run the function at `entry` on the arguments that follow the header.
-    Run {
-        id: u64,
-        entry: u64,
-        /// What the task reports beside its result ([`RUN_CAPTURE`], [`RUN_ITEM_PROGRESS`]).
-        #[serde(default)]
-        flags: u8,
-        /// For a stream: how many items it may send before the parent grants more.
-        #[serde(default)]
-        window: u64,
-    },
+    /// Run a job on the arguments that follow the header.
+    Run(Run),
     /// The consumer of stream `id` took items: it may send `items` more.
     Credit { id: u64, items: u64 },
     /// Exit after the current frame.
@@ -47,6 +40,17 @@ pub(crate) enum ToWorker {
 pub(crate) const RUN_CAPTURE: u8 = 1;
 /// A `Run` flag: a `map` chunk reports the items it has done (`Progress`).
 pub(crate) const RUN_ITEM_PROGRESS: u8 = 2;
+
+/// What a `Run` header asks for: the function at `entry` as job `id`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Run {
+    pub(crate) id: u64,
+    pub(crate) entry: u64,
+    /// What the task reports beside its result ([`RUN_CAPTURE`], [`RUN_ITEM_PROGRESS`]).
+    pub(crate) flags: u8,
+    /// For a stream: how many items it may send before the parent grants more.
+    pub(crate) window: u64,
+}
 
 /// Worker → parent headers.
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,15 +84,7 @@ pub(crate) enum FromWorker {
     /// `cut` bytes more that it wrote there were dropped (over the cap).
     Output { id: u64, fd: u8, cut: u64 },
     /// Task `id` emitted a `log` record.
-    Log {
-        id: u64,
-        level: u8,
-        target: String,
-        message: String,
-        module_path: Option<String>,
-        file: Option<String>,
-        line: Option<u32>,
-    },
+    Log { id: u64, record: LogRecord },
 }
 
 impl FromWorker {

@@ -23,4 +23,4 @@ pub(crate) const WORKER_ENV: &str = "OFFLOAD_WORKER";
 /// parent; the rest is counted, not sent.
 pub(crate) const CAPTURE_LIMIT: usize = 1 << 20;
 
-pub(crate) use message::{CodecFailure, FromWorker, ToWorker, RUN_CAPTURE, RUN_ITEM_PROGRESS};
+pub(crate) use message::{CodecFailure, FromWorker, Run, ToWorker, RUN_CAPTURE, RUN_ITEM_PROGRESS};

@@ -17,8 +17,8 @@ use crate::error::TaskError;
 use crate::launch::copy::{self, Delivery, Undelivered};
 use crate::launch::{Environment, Launched, Launcher, Process};
 use crate::protocol::build::target;
-use crate::protocol::event::{Credit, LogRecord, Report, Reports, Unwatched};
-use crate::protocol::{codec, frame, CodecFailure, FromWorker, ToWorker};
+use crate::protocol::event::{Credit, Report, Reports, Unwatched};
+use crate::protocol::{codec, frame, CodecFailure, FromWorker, Run, ToWorker};
 use crate::sys::wait::within;
 use crate::trace;
 
@@ -250,12 +250,12 @@ impl WorkerLink {
         entry: u64,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let run = frame::frame(&ToWorker::Run {
+        let run = frame::frame(&ToWorker::Run(Run {
             id: INIT_ID,
             entry,
             flags: 0,
             window: 0,
-        });
+        }));
         let exchange = async {
             if self.send(&run).await.is_err() {
                 return Err(Lost::Died);
@@ -552,23 +552,7 @@ async fn read_reply<R: Reports + ?Sized>(
                 bytes: payload,
                 cut,
             },
-            FromWorker::Log {
-                id: got,
-                level,
-                target,
-                message,
-                module_path,
-                file,
-                line,
-            } if got == id => {
-                let record = LogRecord {
-                    level,
-                    target,
-                    message,
-                    module_path,
-                    file,
-                    line,
-                };
+            FromWorker::Log { id: got, record } if got == id => {
                 record.emit(id, pid);
                 continue;
             }
