@@ -6,6 +6,7 @@ use std::io::{self, BufReader};
 
 use rustix::event::{PollFd, PollFlags};
 
+use super::inbox::Input;
 use crate::inside::{self, Channel};
 use crate::protocol::frame;
 use crate::protocol::{FromWorker, ToWorker};
@@ -19,8 +20,9 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// The worker's link to its parent.
 pub(super) struct ParentLink {
-    /// The input; lent to the task while it runs (see [`lend_input`](ParentLink::lend_input)).
-    input: Option<BufReader<File>>,
+    /// The input; lent to the input thread while a watched task runs (see
+    /// [`lend_input`](ParentLink::lend_input)).
+    input: Option<Input>,
     /// The output, shared with what tasks report.
     pub(super) output: &'static Channel,
     /// The body of the last frame read.
@@ -45,30 +47,46 @@ impl ParentLink {
         )?;
         stdio::dup2_stdin(&null)?;
         Ok(ParentLink {
-            input: Some(BufReader::with_capacity(READ_BUFFER, File::from(input))),
+            input: Some(Input {
+                reader: BufReader::with_capacity(READ_BUFFER, File::from(input)),
+                marker: None,
+            }),
             output: inside::install(File::from(output)),
             frame: Vec::new(),
             payload_start: 0,
         })
     }
 
-    /// The input, which is only ever away while a task runs.
-    pub(super) fn input(&mut self) -> &mut BufReader<File> {
+    /// The input, which is only ever away while a watched task runs.
+    fn input(&mut self) -> &mut Input {
         self.input
             .as_mut()
-            .expect("the input is back once a task ends")
+            .expect("the input is back once a watched task ends")
     }
 
-    /// Lends the input to the task about to run.
-    pub(super) fn lend_input(&mut self) -> Option<BufReader<File>> {
+    /// Lends the input to the input thread, for the task about to run; `None` if it is lent.
+    pub(super) fn lend_input(&mut self) -> Option<Input> {
         self.input.take()
     }
 
-    /// Takes back the input lent to a task that ended.
-    pub(super) fn take_back_input(&mut self, input: Option<BufReader<File>>) {
-        if input.is_some() {
-            self.input = input;
-        }
+    /// Whether the input is lent.
+    pub(super) fn input_is_lent(&self) -> bool {
+        self.input.is_none()
+    }
+
+    /// Takes back the input the input thread gave back.
+    pub(super) fn give_input(&mut self, input: Input) {
+        self.input = Some(input);
+    }
+
+    /// Notes a `Piped` marker, for the `Run` that follows it.
+    pub(super) fn mark(&mut self, confirm: bool) {
+        self.input().marker = Some(confirm);
+    }
+
+    /// The `Piped` marker of the `Run` just read: `Some(confirm)` if it had one.
+    pub(super) fn take_marker(&mut self) -> Option<bool> {
+        self.input().marker.take()
     }
 
     /// Reads the next header; `None` at end of input (the parent is gone or done).
@@ -77,8 +95,8 @@ impl ParentLink {
         let input = self
             .input
             .as_mut()
-            .expect("the input is back once a task ends");
-        match frame::read_frame(input, &mut self.frame) {
+            .expect("the input is back once a watched task ends");
+        match frame::read_frame(&mut input.reader, &mut self.frame) {
             Ok(true) => {
                 let (header, payload) = frame::split(&self.frame)
                     .map_err(|e| format!("undecodable message from the parent: {e}"))?;
@@ -93,7 +111,7 @@ impl ParentLink {
     /// Polls for input for up to [`SPIN`] before the blocking read: a task that arrives soon
     /// after the last one then starts without waiting for this process to be woken.
     fn spin_for_input(&self) {
-        let Some(input) = self.input.as_ref() else {
+        let Some(input) = self.input.as_ref().map(|input| &input.reader) else {
             return;
         };
         if !input.buffer().is_empty() {
@@ -121,13 +139,6 @@ impl ParentLink {
             .map_err(|e| format!("undecodable message from the parent: {e}"))?;
         self.payload_start = self.frame.len() - payload.len();
         Ok(header)
-    }
-
-    /// Whether frames wait in the buffer, where only this thread can see them.
-    pub(super) fn has_buffered_input(&self) -> bool {
-        self.input
-            .as_ref()
-            .is_some_and(|input| !input.buffer().is_empty())
     }
 
     /// The body of the last frame read, and where its payload starts.

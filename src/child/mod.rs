@@ -2,6 +2,7 @@
 //! `init` by `--worker`), taking over the protocol's descriptors, and serving tasks. Nothing
 //! here knows the parent side.
 
+mod inbox;
 mod link;
 mod serve;
 

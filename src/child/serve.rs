@@ -1,24 +1,20 @@
 //! The worker's life: the handshake, then one task at a time until the parent lets it go.
 //!
-//! A worker reads its input on its main thread between tasks, and runs tasks there. A remote
-//! worker (started by a launcher other than a local exec) lends its input to a control thread
-//! while a task runs, so that it still hears the parent: `Stop` (`SIGTERM` to the worker's
-//! process group, `SIGKILL` after the grace) and the end of input (the parent, the ssh client
-//! or the srun process is gone: the whole group is killed at once, even in the middle of a
-//! task), since no signal of the parent's can reach it there. The input comes back once the
-//! reply is written, while the reply and the next job are on their way, so a job never waits
-//! for a thread to be woken.
+//! A worker reads its input on its main thread between tasks, and runs tasks there. While a
+//! task runs that must still hear the parent, its input thread reads it (see
+//! [`inbox`](super::inbox)): the jobs the parent pipes ahead, a stream's credit, and for a
+//! remote worker (started by a launcher other than a local exec) `Stop` (`SIGTERM` to the
+//! worker's process group, `SIGKILL` after the grace) and the end of input (the parent, the
+//! ssh client or the srun process is gone: the whole group is killed at once, even in the
+//! middle of a task), since no signal of the parent's can reach it there.
 
-use std::fs::File;
-use std::sync::mpsc;
-use std::time::Duration;
-
+use super::inbox::{stop_group, Inbox, Waiting};
 use super::link::ParentLink;
 use crate::inside::logger;
 use crate::protocol::build::{build_id, content_id, target};
 use crate::protocol::{entry, frame, CodecFailure, FromWorker, Run, ToWorker};
 use crate::sys::panic::{self, Panic};
-use crate::sys::signal::{kill_own_group, Signal};
+use crate::sys::signal::kill_own_group;
 
 /// Serves the parent on this process's stdin and stdout until it says `Shutdown` or goes away.
 pub(super) fn serve() -> Result<(), String> {
@@ -83,181 +79,76 @@ pub(super) fn serve() -> Result<(), String> {
             .into_owned(),
     })?;
     panic::record_locations();
-    match remote {
-        false => serve_locally(link),
-        true => serve_remotely(link),
-    }
+    serve_jobs(link, remote)
 }
 
-/// One task at a time, the input read on this thread between tasks, and lent to the task
-/// while it runs (a stream reads its credit there).
-fn serve_locally(mut link: ParentLink) -> Result<(), String> {
+/// One task at a time, on this thread. The input is read here between tasks, and lent to the
+/// input thread while a watched task runs (see [`inbox`](super::inbox)); the next job then
+/// comes from the inbox, and its `Started`, if it confirms its start, leaves in the same write
+/// as the reply of the task before it.
+fn serve_jobs(mut link: ParentLink, remote: bool) -> Result<(), String> {
+    let inbox = Inbox::start(link.output, remote)?;
     let mut reply = Vec::new();
+    // The job taken from the inbox as the last task ended.
+    let mut next: Option<Waiting> = None;
     loop {
-        let job = match link.receive()? {
-            None | Some(ToWorker::Shutdown) => return Ok(()),
-            Some(ToWorker::Run(job)) => job,
-            // Credit that crossed the end of its stream.
-            Some(ToWorker::Credit { .. }) => continue,
-            Some(other) => return Err(format!("unexpected message {other:?}")),
+        let (job, piped) = match next.take() {
+            Some(Waiting::End) => return Ok(()),
+            Some(Waiting::Job(queued)) => {
+                link.take_frame(queued.body)?;
+                (queued.run, queued.piped)
+            }
+            None => match link.receive()? {
+                // The parent, or the connection to it, is gone: nothing may be left running.
+                None if remote => kill_own_group(),
+                None | Some(ToWorker::Shutdown) => return Ok(()),
+                // A stop that crossed the end of its task: the parent expects this worker to go.
+                Some(ToWorker::Stop { grace_ms }) => stop_group(grace_ms),
+                Some(ToWorker::Piped { confirm }) => {
+                    link.mark(confirm);
+                    continue;
+                }
+                Some(ToWorker::Run(job)) => {
+                    let marker = link.take_marker();
+                    if marker == Some(true) {
+                        link.send(&FromWorker::Started { id: job.id })?;
+                    }
+                    (job, marker.is_some())
+                }
+                // A job withdrawn that the input thread read ahead, or one that started.
+                Some(ToWorker::Skip { id }) => {
+                    inbox.skip(id);
+                    continue;
+                }
+                // Credit that crossed the end of its stream.
+                Some(ToWorker::Credit { .. }) => continue,
+                Some(other) => return Err(format!("unexpected message {other:?}")),
+            },
         };
-        // A stream reads its credit there while it runs.
-        let lent = match job.window {
-            0 => None,
-            _ => link.lend_input(),
-        };
+        if remote || piped || job.window > 0 {
+            if let Some(input) = link.lend_input() {
+                inbox.lend(input)?;
+            }
+        }
         let (body, payload_start) = link.last_frame();
         // A reply buffer that a large result grew is given back when the next job is small.
         frame::shrink_for(&mut reply, body.len());
-        run(&link, &job, lent, &body[payload_start..], &mut reply)
-            .map(|input| link.take_back_input(input))?;
-    }
-}
-
-/// One task at a time, read on this thread between tasks; while a task runs, the control
-/// thread reads (see the module docs), and hands back the input once the reply is written.
-/// Tasks always run on the main thread, and no job waits for a thread to wake up.
-fn serve_remotely(mut link: ParentLink) -> Result<(), String> {
-    let input = link
-        .input()
-        .get_ref()
-        .try_clone()
-        .map_err(|e| format!("could not copy its input descriptor: {e}"))?;
-    let (wake_read, wake) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| format!("could not make its wake-up pipe: {e}"))?;
-    let (turn, turns) = mpsc::channel::<()>();
-    let (hand_back, handed_back) = mpsc::channel::<Option<Vec<u8>>>();
-    std::thread::Builder::new()
-        .name("offload-control".into())
-        .spawn(move || control(input, wake_read, turns, hand_back))
-        .map_err(|e| format!("could not start its control thread: {e}"))?;
-    let mut reply = Vec::new();
-    // A frame the control thread read after the last reply: the next job.
-    let mut next: Option<Vec<u8>> = None;
-    loop {
-        let header = match next.take() {
-            Some(body) => Some(link.take_frame(body)?),
-            None => link.receive()?,
-        };
-        let job = match header {
-            // The parent, or the connection to it, is gone: nothing may be left running.
-            None => kill_own_group(),
-            Some(ToWorker::Shutdown) => return Ok(()),
-            // A stop that crossed the end of its task: the parent expects this worker to go.
-            Some(ToWorker::Stop { grace_ms }) => stop_group(grace_ms),
-            Some(ToWorker::Run(job)) => job,
-            // Credit that crossed the end of its stream.
-            Some(ToWorker::Credit { .. }) => continue,
-            Some(other) => return Err(format!("unexpected message {other:?}")),
-        };
-        // What came right behind the job is in this thread's buffer, out of the control
-        // thread's sight: only a stop (obeyed before the job starts) or the late credit of a
-        // stream that ended may come there.
-        while link.has_buffered_input() {
-            let mut behind = Vec::new();
-            match frame::read_frame(link.input(), &mut behind) {
-                Ok(true) => match frame::split::<ToWorker>(&behind) {
-                    Ok((ToWorker::Credit { .. }, _)) => {}
-                    other => obey(other),
-                },
-                Ok(false) | Err(_) => kill_own_group(),
+        run(&link, &job, &body[payload_start..], &mut reply);
+        let channel = link.output;
+        next = inbox.next(|started| {
+            if let Some(id) = started {
+                reply.extend_from_slice(&frame::frame(&FromWorker::Started { id }));
             }
-        }
-        if turn.send(()).is_err() {
-            return Err("its control thread ended".into());
-        }
-        let (body, payload_start) = link.last_frame();
-        frame::shrink_for(&mut reply, body.len());
-        run(&link, &job, None, &body[payload_start..], &mut reply)?;
-        // Take the input back: wake the control thread and wait until it lets go.
-        rustix::io::write(&wake, &[1])
-            .map_err(|e| format!("could not wake its control thread: {e}"))?;
-        next = handed_back
-            .recv()
-            .map_err(|_| "its control thread ended".to_string())?;
-    }
-}
-
-/// The control thread: while a task runs on the main thread, reads what the parent sends and
-/// obeys `Stop` and the end of input at once, whatever the task is doing. Frames are read
-/// unbuffered, so that no byte meant for the main thread is taken; a job (sent once the reply
-/// is on its way) is kept and handed back with the input.
-fn control(
-    mut input: File,
-    wake: rustix::fd::OwnedFd,
-    turns: mpsc::Receiver<()>,
-    hand_back: mpsc::Sender<Option<Vec<u8>>>,
-) {
-    use rustix::event::{PollFd, PollFlags};
-    while turns.recv().is_ok() {
-        let mut next = None;
-        loop {
-            let mut fds = [
-                PollFd::new(&wake, PollFlags::IN),
-                PollFd::new(&input, PollFlags::IN),
-            ];
-            // Once a job is kept, only the wake-up is waited for.
-            let watched = if next.is_some() { 1 } else { 2 };
-            if rustix::event::poll(&mut fds[..watched], None).is_err() {
-                continue; // interrupted
-            }
-            if !fds[0].revents().is_empty() {
-                let _ = rustix::io::read(&wake, &mut [0; 1]);
-                break;
-            }
-            if fds[1].revents().is_empty() {
-                continue;
-            }
-            let mut body = Vec::new();
-            match frame::read_frame(&mut input, &mut body) {
-                Ok(true) => {}
-                // The parent, or the connection to it, is gone: nothing may be left running.
-                Ok(false) | Err(_) => kill_own_group(),
-            }
-            match frame::split::<ToWorker>(&body) {
-                Ok((ToWorker::Run(_) | ToWorker::Shutdown, _)) => next = Some(body),
-                Ok((ToWorker::Credit { id, items }, _)) => {
-                    if let Some(channel) = crate::inside::channel() {
-                        channel.grant(id, items);
-                    }
-                }
-                other => obey(other),
-            }
-        }
-        if hand_back.send(next).is_err() {
-            return;
+            channel.end(&reply)
+        })?;
+        if next.is_none() && link.input_is_lent() {
+            link.give_input(inbox.take_back()?);
+            next = inbox.next(|started| match started {
+                Some(id) => channel.write(&frame::frame(&FromWorker::Started { id })),
+                None => Ok(()),
+            })?;
         }
     }
-}
-
-/// Acts on a frame (decoded) that may come while a task runs: `Stop`; anything else breaks
-/// the protocol, and the worker goes with everything it started.
-fn obey(frame: Result<(ToWorker, &[u8]), String>) -> ! {
-    match frame {
-        Ok((ToWorker::Stop { grace_ms }, _)) => stop_group(grace_ms),
-        Ok((other, _)) => {
-            eprintln!("offload worker: unexpected message {other:?} while running a task");
-            kill_own_group()
-        }
-        Err(e) => {
-            eprintln!("offload worker: undecodable message from the parent: {e}");
-            kill_own_group()
-        }
-    }
-}
-
-/// `SIGTERM` to the process group, then `SIGKILL` after `grace_ms`: the same sequence as the
-/// parent applies to a local worker. Does not return: the group includes this process.
-fn stop_group(grace_ms: u64) -> ! {
-    kill_group(Signal::TERM);
-    std::thread::sleep(Duration::from_millis(grace_ms));
-    kill_own_group()
-}
-
-/// Sends `signal` to this worker's process group: itself and every process its tasks started
-/// that stayed in the group.
-fn kill_group(signal: Signal) {
-    let _ = rustix::process::kill_current_process_group(signal);
 }
 
 /// Dies with the parent: a local worker gets `SIGKILL` when the process that started it exits
@@ -279,17 +170,10 @@ fn follow_parent(parent: u32, remote: bool) -> Result<bool, String> {
     Ok(current == parent)
 }
 
-/// Runs `job` on its arguments `args`, and writes its reply (after everything the task
-/// reported). `lent` is the input a local worker lends the task; it is given back.
-fn run(
-    link: &ParentLink,
-    job: &Run,
-    lent: Option<std::io::BufReader<File>>,
-    args: &[u8],
-    reply: &mut Vec<u8>,
-) -> Result<Option<std::io::BufReader<File>>, String> {
-    let channel = link.output;
-    match channel.begin(job.id, job.flags, job.window, lent) {
+/// Runs `job` on its arguments `args`, leaving its reply in `reply`; what it reports is
+/// written as it runs, and the reply by [`Channel::end`](crate::inside::Channel::end).
+fn run(link: &ParentLink, job: &Run, args: &[u8], reply: &mut Vec<u8>) {
+    match link.output.begin(job.id, job.flags, job.window) {
         Ok(()) => call(job.id, job.entry, args, reply),
         Err(message) => {
             *reply = frame::frame(&FromWorker::Panicked {
@@ -299,7 +183,6 @@ fn run(
             })
         }
     }
-    channel.end(reply)
 }
 
 /// Calls the trampoline at `entry` for task `id` and leaves the complete reply frame in `reply`.

@@ -14,12 +14,11 @@ pub(crate) mod progress;
 pub(crate) mod stream;
 
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use crate::protocol::{frame, FromWorker, ToWorker, RUN_CAPTURE};
-use crate::sys::signal::kill_own_group;
+use crate::protocol::{frame, FromWorker, RUN_CAPTURE};
 
 /// The channel of this worker process, once it has taken over its descriptors.
 static CHANNEL: OnceLock<Channel> = OnceLock::new();
@@ -38,9 +37,6 @@ pub(crate) struct Channel {
     progress: Mutex<progress::State>,
     credit: Mutex<stream::Credit>,
     credit_changed: Condvar,
-    /// A local worker's input, lent to the task while it runs, so that a stream waiting for
-    /// credit reads it; `None` for a remote worker, whose control thread reads the input.
-    input: Mutex<Option<BufReader<File>>>,
 }
 
 /// The protocol output, and the task whose reports it takes.
@@ -70,7 +66,6 @@ pub(crate) fn install(output: File) -> &'static Channel {
         progress: Mutex::new(progress::State::default()),
         credit: Mutex::new(stream::Credit::default()),
         credit_changed: Condvar::new(),
-        input: Mutex::new(None),
     })
 }
 
@@ -119,23 +114,15 @@ impl Channel {
     }
 
     /// Opens task `id` (its `Run` `flags` and stream `window`): its reports may be written
-    /// from now on. A local worker lends its `input` to a stream for its run (and gets it
-    /// back from [`end`](Channel::end)); other tasks leave it. On an error (its output could
-    /// not be captured) the task does not run, and [`end`](Channel::end) still closes it.
-    pub(crate) fn begin(
-        &self,
-        id: u64,
-        flags: u8,
-        window: u64,
-        input: Option<BufReader<File>>,
-    ) -> Result<(), String> {
+    /// from now on. On an error (its output could not be captured) the task does not run, and
+    /// [`end`](Channel::end) still closes it.
+    pub(crate) fn begin(&self, id: u64, flags: u8, window: u64) -> Result<(), String> {
         // First: `end` undoes what these say, even for a task that could not begin.
         self.current.store(id, Ordering::Relaxed);
         self.flags.store(flags & !RUN_CAPTURE, Ordering::Relaxed);
         self.window.store(window, Ordering::Relaxed);
         // Only a stream reads credit: other tasks take no lock for it.
         if window > 0 {
-            *lock(&self.input) = input;
             *lock(&self.credit) = stream::Credit::open(id, window);
         }
         lock(&self.progress).open();
@@ -150,32 +137,27 @@ impl Channel {
 
     /// Closes the task that runs with its `reply` frame, written after everything it
     /// reported: its last progress, and what it wrote to a captured fd 1 and 2 before it
-    /// returned. Gives back the input lent in [`begin`](Channel::begin).
-    pub(crate) fn end(&self, reply: &[u8]) -> Result<Option<BufReader<File>>, String> {
+    /// returned.
+    pub(crate) fn end(&self, reply: &[u8]) -> Result<(), String> {
         let id = self.current.load(Ordering::Relaxed);
         self.running.store(false, Ordering::Release);
         progress::close(self, id);
         if self.flags() & RUN_CAPTURE != 0 {
             capture::finish();
         }
-        let input = match self.window.load(Ordering::Relaxed) {
-            0 => None,
-            _ => {
-                *lock(&self.credit) = stream::Credit::default();
-                lock(&self.input).take()
-            }
-        };
+        if self.window.load(Ordering::Relaxed) > 0 {
+            *lock(&self.credit) = stream::Credit::default();
+        }
         let mut output = lock(&self.output);
         output.task = None;
         output
             .file
             .write_all(reply)
-            .map_err(|e| format!("could not write to the parent: {e}"))?;
-        Ok(input)
+            .map_err(|e| format!("could not write to the parent: {e}"))
     }
 
-    /// Adds the credit the parent granted stream `id` (from the control thread of a remote
-    /// worker); credit for a stream that ended is dropped.
+    /// Adds the credit the parent granted stream `id` (read by the worker's input thread);
+    /// credit for a stream that ended is dropped.
     pub(crate) fn grant(&self, id: u64, items: u64) {
         let mut credit = lock(&self.credit);
         if credit.grant(id, items) {
@@ -183,9 +165,8 @@ impl Channel {
         }
     }
 
-    /// Waits until stream `id` may send more than `sent` items: reads the lent input of a
-    /// local worker, or waits for the control thread of a remote one. Returns how many it may
-    /// send in all.
+    /// Waits until stream `id` may send more than `sent` items (the worker's input thread
+    /// grants it). Returns how many it may send in all.
     pub(crate) fn wait_for_credit(&self, id: u64, sent: u64) -> u64 {
         let granted = lock(&self.credit).granted;
         if granted > sent {
@@ -193,36 +174,11 @@ impl Channel {
         }
         // The parent sees how far the task got while it waits.
         progress::flush(self, id);
-        let mut credit = lock(&self.credit);
-        while credit.granted <= sent {
-            let lent = lock(&self.input).take();
-            let Some(mut input) = lent else {
-                credit = self
-                    .credit_changed
-                    .wait(credit)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            };
-            drop(credit);
-            let mut body = Vec::new();
-            match frame::read_frame(&mut input, &mut body) {
-                Ok(true) => {}
-                // The parent is gone: nothing may be left running.
-                Ok(false) | Err(_) => kill_own_group(),
-            }
-            *lock(&self.input) = Some(input);
-            match frame::split::<ToWorker>(&body) {
-                Ok((ToWorker::Credit { id: of, items }, _)) => self.grant(of, items),
-                other => {
-                    eprintln!(
-                        "offload worker: unexpected message while stream {id} runs: {:?}",
-                        other.map(|(header, _)| header)
-                    );
-                    kill_own_group()
-                }
-            }
-            credit = lock(&self.credit);
-        }
+        let credit = lock(&self.credit);
+        let credit = self
+            .credit_changed
+            .wait_while(credit, |credit| credit.granted <= sent)
+            .unwrap_or_else(PoisonError::into_inner);
         credit.granted
     }
 }

@@ -34,6 +34,14 @@ pub(crate) enum ToWorker {
     /// Stop at once (a remote worker's control thread): `SIGTERM` to the worker's process
     /// group, `SIGKILL` after `grace_ms` if it is still alive.
     Stop { grace_ms: u64 },
+    /// The next `Run` is part of a pipeline: more jobs may follow it before it ends, so the
+    /// worker's input thread reads them (and `Skip`) while it runs. With `confirm`, it was
+    /// sent while another job ran: the worker says `Started` as it begins it, and the parent
+    /// may withdraw it until then.
+    Piped { confirm: bool },
+    /// Withdraw job `id`, sent ahead (`Piped { confirm: true }`): answered `Skipped` if it has
+    /// not started, and not at all if its `Started` is already on its way.
+    Skip { id: u64 },
 }
 
 /// A `Run` flag: the task's fds 1 and 2 go to the parent (`Output`), not to the worker's stderr.
@@ -65,6 +73,10 @@ pub(crate) enum FromWorker {
     },
     /// The worker will not serve this parent; it exits after sending this.
     Refused { reason: String },
+    /// Task `id`, sent ahead, starts now (after the answer to the job before it).
+    Started { id: u64 },
+    /// Task `id`, sent ahead, was withdrawn before it started.
+    Skipped { id: u64 },
     /// Task `id` returned; its encoded result follows the header.
     Done { id: u64 },
     /// Task `id` panicked.
@@ -93,6 +105,8 @@ impl FromWorker {
         match self {
             FromWorker::Hello { .. } => "Hello",
             FromWorker::Refused { .. } => "Refused",
+            FromWorker::Started { .. } => "Started",
+            FromWorker::Skipped { .. } => "Skipped",
             FromWorker::Done { .. } => "Done",
             FromWorker::Panicked { .. } => "Panicked",
             FromWorker::Failed { .. } => "Failed",
