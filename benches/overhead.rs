@@ -233,14 +233,8 @@ fn cancels() -> (Vec<Duration>, Vec<Duration>) {
 
 /// Trivial tasks per second: spawned one by one and awaited together, and through `map`.
 fn throughput(pool: &ProcessPool) -> (f64, f64) {
-    const SPAWNED: u64 = 100_000;
     const MAPPED: u64 = 2_000_000;
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..SPAWNED).map(|i| pool.spawn(trivial, i)).collect();
-    for (i, task) in tasks.into_iter().enumerate() {
-        assert_eq!(task.wait().unwrap(), i as u64 + 1);
-    }
-    let spawned = SPAWNED as f64 / start.elapsed().as_secs_f64();
+    let spawned = spawned(pool);
     let start = Instant::now();
     let results = pool.map_blocking(trivial, 0..MAPPED);
     let mapped = MAPPED as f64 / start.elapsed().as_secs_f64();
@@ -249,6 +243,17 @@ fn throughput(pool: &ProcessPool) -> (f64, f64) {
         .enumerate()
         .all(|(i, r)| r.as_ref().ok() == Some(&(i as u64 + 1))));
     (spawned, mapped)
+}
+
+/// Trivial tasks per second, 100,000 spawned one by one, then awaited in order.
+fn spawned(pool: &ProcessPool) -> f64 {
+    const SPAWNED: u64 = 100_000;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..SPAWNED).map(|i| pool.spawn(trivial, i)).collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.wait().unwrap(), i as u64 + 1);
+    }
+    SPAWNED as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Rounds of `work` that take about 250 ms here.
@@ -671,6 +676,13 @@ fn main() {
     if args.iter().any(|a| a == "payloads") {
         let peer = procspawn::Pool::new(1).unwrap();
         payloads(&pool, &peer);
+        return;
+    }
+    if args.iter().any(|a| a == "spawned") {
+        // `cargo bench --bench overhead -- spawned`: tasks spawned one by one alone, to profile.
+        for _ in 0..5 {
+            println!("3. spawned one by one {:>9.0} /s", spawned(&pool));
+        }
         return;
     }
     if args.iter().any(|a| a == "throughput") {

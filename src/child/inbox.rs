@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::BufReader;
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rustix::fd::OwnedFd;
@@ -54,6 +54,8 @@ pub(super) struct Queued {
 /// The jobs read ahead, and the way to the input thread.
 pub(super) struct Inbox {
     waiting: Mutex<VecDeque<Waiting>>,
+    /// Notified when a frame is added to `waiting`.
+    arrived: Condvar,
     channel: &'static Channel,
     remote: bool,
     /// Lends the input to the input thread.
@@ -79,6 +81,7 @@ impl Inbox {
         // Lives as long as the worker process: its thread holds it.
         let inbox: &'static Inbox = Box::leak(Box::new(Inbox {
             waiting: Mutex::new(VecDeque::new()),
+            arrived: Condvar::new(),
             channel,
             remote,
             lend,
@@ -123,6 +126,17 @@ impl Inbox {
         };
         write(started)?;
         Ok(next)
+    }
+
+    /// Waits up to `limit` for the input thread to bring a frame: a pipeline's next job is
+    /// usually on its way. Returns whether one came.
+    pub(super) fn wait_briefly(&self, limit: Duration) -> bool {
+        let waiting = lock(&self.waiting);
+        let (waiting, _) = self
+            .arrived
+            .wait_timeout_while(waiting, limit, |waiting| waiting.is_empty())
+            .unwrap_or_else(PoisonError::into_inner);
+        !waiting.is_empty()
     }
 
     /// Withdraws job `id` if it waits here, and says so to the parent; a job that is not here
@@ -190,12 +204,17 @@ impl Inbox {
         }
     }
 
+    fn add(&self, frame: Waiting) {
+        lock(&self.waiting).push_back(frame);
+        self.arrived.notify_one();
+    }
+
     /// Acts on a frame the input thread read.
     fn take(&self, input: &mut Input, body: Vec<u8>) {
         match frame::split::<ToWorker>(&body) {
             Ok((ToWorker::Run(run), _)) => {
                 let confirm = input.marker.take();
-                lock(&self.waiting).push_back(Waiting::Job(Queued {
+                self.add(Waiting::Job(Queued {
                     run,
                     body,
                     piped: confirm.is_some(),
@@ -205,7 +224,7 @@ impl Inbox {
             Ok((ToWorker::Piped { confirm }, _)) => input.marker = Some(confirm),
             Ok((ToWorker::Skip { id }, _)) => self.skip(id),
             Ok((ToWorker::Credit { id, items }, _)) => self.channel.grant(id, items),
-            Ok((ToWorker::Shutdown, _)) => lock(&self.waiting).push_back(Waiting::End),
+            Ok((ToWorker::Shutdown, _)) => self.add(Waiting::End),
             Ok((ToWorker::Stop { grace_ms }, _)) => stop_group(grace_ms),
             Ok((other, _)) => {
                 eprintln!("offload worker: unexpected message {other:?} while running a task");
@@ -225,9 +244,8 @@ impl Inbox {
         if self.remote {
             kill_own_group()
         }
-        let mut waiting = lock(&self.waiting);
-        waiting.clear();
-        waiting.push_back(Waiting::End);
+        lock(&self.waiting).clear();
+        self.add(Waiting::End);
     }
 }
 

@@ -82,6 +82,10 @@ pub(super) fn serve() -> Result<(), String> {
     serve_jobs(link, remote)
 }
 
+/// How long the input thread keeps the input after a piped task, for the pipeline's next
+/// job, before the main thread takes it back to read for itself.
+const PIPELINE_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// One task at a time, on this thread. The input is read here between tasks, and lent to the
 /// input thread while a watched task runs (see [`inbox`](super::inbox)); the next job then
 /// comes from the inbox, and its `Started`, if it confirms its start, leaves in the same write
@@ -141,12 +145,19 @@ fn serve_jobs(mut link: ParentLink, remote: bool) -> Result<(), String> {
             }
             channel.end(&reply)
         })?;
+        let started = |started: Option<u64>| match started {
+            Some(id) => channel.write(&frame::frame(&FromWorker::Started { id })),
+            None => Ok(()),
+        };
+        // The next job of a pipeline is usually on its way: taking the input back (and
+        // lending it again for that job) would cost two wake-ups of the input thread.
+        if next.is_none() && piped && link.input_is_lent() && inbox.wait_briefly(PIPELINE_PAUSE) {
+            next = inbox.next(started)?;
+        }
+        // (What came may have been withdrawn meanwhile.)
         if next.is_none() && link.input_is_lent() {
             link.give_input(inbox.take_back()?);
-            next = inbox.next(|started| match started {
-                Some(id) => channel.write(&frame::frame(&FromWorker::Started { id })),
-                None => Ok(()),
-            })?;
+            next = inbox.next(started)?;
         }
     }
 }

@@ -16,6 +16,7 @@ use async_channel::{Receiver, Sender};
 use futures_lite::{future, StreamExt};
 use futures_util::stream::FuturesUnordered;
 
+use super::backlog::Backlog;
 use super::breaker::Breaker;
 use super::slot::slot;
 use super::state::PoolState;
@@ -114,6 +115,16 @@ pub(crate) struct Driver {
     pub(crate) background: Sender<Background>,
     /// How start-up failures are answered.
     pub(crate) breaker: Breaker,
+    /// The jobs waiting for a worker.
+    pub(crate) backlog: Backlog,
+    /// Notified when tasks ended away from the driver (cancelled): a pipeline withdraws the
+    /// ones it sent ahead.
+    pub(crate) ended_away: event_listener::Event,
+    /// How many times `ended_away` was notified: a pipeline looks for the jobs it must
+    /// withdraw only when this changed.
+    pub(crate) ends_away: std::cell::Cell<u64>,
+    /// Notified when a worker goes idle: a pipeline behind a slow job withdraws its jobs for it.
+    pub(crate) went_idle: event_listener::Event,
 }
 
 /// Work for the driver beside its slots.
@@ -153,6 +164,10 @@ async fn run(
         options,
         background,
         breaker: Breaker::default(),
+        backlog: Backlog::new(queue),
+        ended_away: event_listener::Event::new(),
+        ends_away: std::cell::Cell::new(0),
+        went_idle: event_listener::Event::new(),
     });
     let mut slots = workers.len();
     let min_workers = driver.options.min_workers;
@@ -161,7 +176,7 @@ async fn run(
         .enumerate()
         .map(|(i, worker)| {
             let elastic = i >= min_workers;
-            Box::pin(slot(driver.clone(), worker, elastic, queue.clone())) as LocalFuture
+            Box::pin(slot(driver.clone(), worker, elastic)) as LocalFuture
         })
         .collect();
 
@@ -211,7 +226,12 @@ async fn run(
                     Finished::Background
                 }),
             }),
-            Event::Notice(task) => state.report_end(&*task),
+            Event::Notice(task) => {
+                state.report_end(&*task);
+                // A task sent ahead may be among them: its pipeline withdraws it.
+                driver.ends_away.set(driver.ends_away.get() + 1);
+                driver.ended_away.notify(usize::MAX);
+            }
         }
     }
     // Closed first, so that an end handed over from now on is reported by its own thread

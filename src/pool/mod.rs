@@ -1,9 +1,11 @@
 //! The pool: its handle [`ProcessPool`], its [`PoolBuilder`] and [`TaskBuilder`], how a task
 //! is submitted, and the driver thread that runs its workers.
 
+mod backlog;
 mod breaker;
 mod builder;
 mod driver;
+mod pipeline;
 mod slot;
 mod state;
 pub(crate) mod submit;

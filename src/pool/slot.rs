@@ -12,18 +12,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_channel::Receiver;
 use async_io::Timer;
 use futures_lite::future;
 
+use super::backlog::Backlog;
 use super::breaker::AfterFailure;
 use super::driver::{Background, Driver, Finished};
+use super::pipeline::{Pipeline, SLOW};
 use super::state::Gauge;
 use super::submit::Job;
 use crate::error::TaskError;
-use crate::supervise::{Lost, Reply, Starting, WorkerLink};
+use crate::supervise::{Ahead, Lost, Reply, Starting, WorkerLink};
 use crate::sys::wait::within;
 use crate::task::shared::{report_start, until_finished};
+use crate::task::TaskStatus;
 use crate::trace;
 
 /// How long a slot waits for a stopped worker to exit before it leaves the rest of the stop to
@@ -39,8 +41,8 @@ pub(crate) async fn slot(
     driver: Rc<Driver>,
     mut first: Option<Starting>,
     elastic: bool,
-    queue: Receiver<Job>,
 ) -> Finished {
+    let queue = &driver.backlog;
     let state = &driver.state;
     let counters = &state.counters;
     // A job taken from the queue before a worker existed for it (on-demand slots, the
@@ -53,7 +55,7 @@ pub(crate) async fn slot(
         let starting = match first.take() {
             Some(starting) => Ok(starting),
             None => {
-                match turn(&driver, elastic, &queue, &mut waiting).await {
+                match turn(&driver, elastic, &mut waiting).await {
                     Some(probing) => probe = probing,
                     None => return Finished::Slot,
                 }
@@ -75,7 +77,7 @@ pub(crate) async fn slot(
                     counters.replaced.fetch_add(1, Ordering::Relaxed);
                     trace::worker_replaced(worker.pid());
                 }
-                match serve(&driver, worker, elastic, &queue, &mut waiting).await {
+                match serve(&driver, worker, elastic, &mut waiting).await {
                     End::QueueClosed => return Finished::Slot,
                     End::Replace => replacing = true,
                     End::Retired => replacing = false,
@@ -94,7 +96,7 @@ pub(crate) async fn slot(
                         // waits for the next attempt instead.
                         let queued = waiting.take().into_iter();
                         let queued: Vec<Job> = queued
-                            .chain(std::iter::from_fn(|| queue.try_recv().ok()))
+                            .chain(std::iter::from_fn(|| queue.try_recv()))
                             .collect();
                         state.set_startup_error(Some(error.clone()));
                         for job in queued {
@@ -120,12 +122,8 @@ fn fail(driver: &Driver, job: Job, error: &TaskError) {
 /// workers can take. While the breaker is open, only its probe starts a worker, holding a job,
 /// after the back-off (or at once, if another start closed the breaker meanwhile). Returns
 /// whether this start is the probe, or `None` when the queue is closed and drained.
-async fn turn(
-    driver: &Driver,
-    elastic: bool,
-    queue: &Receiver<Job>,
-    waiting: &mut Option<Job>,
-) -> Option<bool> {
+async fn turn(driver: &Driver, elastic: bool, waiting: &mut Option<Job>) -> Option<bool> {
+    let queue = &driver.backlog;
     let breaker = &driver.breaker;
     let counters = &driver.state.counters;
     // Whether this slot holds the breaker's probe.
@@ -152,7 +150,7 @@ async fn turn(
                     .startup_error()
                     .unwrap_or(TaskError::PoolClosed);
                 let queued = waiting.take().into_iter();
-                for job in queued.chain(std::iter::from_fn(|| queue.try_recv().ok())) {
+                for job in queued.chain(std::iter::from_fn(|| queue.try_recv())) {
                     fail(driver, job, &error);
                 }
                 breaker.drop_probe();
@@ -204,7 +202,7 @@ async fn turn(
             return Some(false);
         }
         let demand = driver.state.demand.listen();
-        if queue.is_closed() && queue.is_empty() {
+        if queue.is_drained() {
             return None;
         }
         let workers = counters.workers.load(Ordering::Relaxed);
@@ -218,12 +216,12 @@ async fn turn(
 }
 
 /// The next job of the queue that did not end while queued; `None` once it is closed and empty.
-async fn next_live_job(queue: &Receiver<Job>) -> Option<Job> {
+async fn next_live_job(queue: &Backlog) -> Option<Job> {
     loop {
         match queue.recv().await {
-            Ok(job) if job.task.is_finished() => continue, // cancelled meanwhile
-            Ok(job) => return Some(job),
-            Err(_) => return None,
+            Some(job) if job.task.is_finished() => continue, // cancelled meanwhile
+            Some(job) => return Some(job),
+            None => return None,
         }
     }
 }
@@ -277,13 +275,21 @@ enum Step {
     TimedOut(Duration),
 }
 
-/// Serves jobs (`waiting` first, then from `queue`) with `worker` until the queue closes, the
-/// worker is lost, or it has served its share.
+/// A job about to run on a worker.
+struct Next {
+    job: Job,
+    /// Whether its frame was written already.
+    written: bool,
+    /// Whether it is piped: jobs may go ahead behind it.
+    piped: bool,
+}
+
+/// Serves jobs (`waiting` first, then from the backlog) with `worker` until the queue closes,
+/// the worker is lost, or it has served its share.
 async fn serve(
     driver: &Driver,
     mut worker: WorkerLink,
     elastic: bool,
-    queue: &Receiver<Job>,
     waiting: &mut Option<Job>,
 ) -> End {
     let counters = &driver.state.counters;
@@ -291,20 +297,39 @@ async fn serve(
     let mut serving = Some(Gauge::up(&counters.workers));
     driver.state.startup.notify(usize::MAX);
     let idle_timeout = driver.options.idle_timeout.filter(|_| elastic);
+    let max_tasks = driver.options.max_tasks_per_worker;
+    let pipeline = Pipeline::new(driver);
     let mut served = 0;
-    // A job already started by the previous `run_job`, and whether it was written.
-    let mut following: Option<(Job, bool)> = None;
+    // Whether the last job of this worker ran quicker than `SLOW`: only then are jobs piped.
+    let mut quick = false;
+    // A job already started by the previous `run_job`.
+    let mut following: Option<Next> = None;
     loop {
-        let (job, written) = match following.take() {
-            Some(following) => following,
+        let next = match following.take() {
+            Some(next) => next,
+            None if !pipeline.is_empty() => match next_ahead(&mut worker, &pipeline).await {
+                Ok(Some(job)) => Next {
+                    job,
+                    written: true,
+                    piped: true,
+                },
+                Ok(None) => continue, // every job ahead was withdrawn
+                Err(lost) => {
+                    serving.take();
+                    pipeline.give_back_unstarted();
+                    lose(worker, lost, None).await;
+                    return End::Replace;
+                }
+            },
             None => {
-                if driver.options.max_tasks_per_worker == Some(served) {
+                if max_tasks == Some(served) {
+                    pipeline.give_back_unstarted();
                     let _ = driver.background.try_send(Background::Retire(worker));
                     return End::Replace;
                 }
                 let job = match waiting.take() {
                     Some(job) => job,
-                    None => match wait_idle(&mut worker, queue, idle_timeout).await {
+                    None => match wait_idle(driver, &mut worker, idle_timeout).await {
                         Idle::Job(job) => job,
                         Idle::TimedOut => {
                             serving.take();
@@ -330,38 +355,122 @@ async fn serve(
                 if !job.task.start(worker.pid(), worker.host()) {
                     continue; // ended while queued
                 }
-                (job, false)
+                let piped = pipeline.worth_piping(quick, true);
+                Next {
+                    job,
+                    written: false,
+                    piped,
+                }
             }
         };
-        // The next job may follow this one only while the worker may take it.
-        let may_follow = driver
-            .options
-            .max_tasks_per_worker
-            .map_or(true, |max| served + 2 <= max);
-        let queue = may_follow.then_some(queue);
-        match run_job(driver, worker, job, written, queue, &mut serving).await {
-            Some((kept, next)) => {
+        // How many more jobs the worker may take after this one.
+        let room = max_tasks.map_or(usize::MAX, |max| max.saturating_sub(served + 1));
+        match run_job(driver, worker, next, &pipeline, room, &mut serving).await {
+            Some((kept, next, was_quick)) => {
                 worker = kept;
                 following = next;
+                quick = was_quick;
             }
-            None => return End::Replace,
+            None => {
+                pipeline.give_back_unstarted();
+                return End::Replace;
+            }
         }
         served += 1;
     }
 }
 
+/// Waits for the worker to say which job sent ahead it starts, now that the job before them
+/// answered. Returns it (marked as started, unless it was cancelled meanwhile), or `None` if
+/// all were withdrawn.
+async fn next_ahead(worker: &mut WorkerLink, pipeline: &Pipeline<'_>) -> Result<Option<Job>, Lost> {
+    while !pipeline.is_empty() {
+        match worker.ahead(pipeline).await? {
+            Ahead::Started(id) => {
+                let job = pipeline.started(id).map_err(Lost::Broken)?;
+                // A task cancelled as it started still ran: `run_job` stops it.
+                job.task.start(worker.pid(), worker.host());
+                return Ok(Some(job));
+            }
+            Ahead::Skipped => {} // the pipeline has it back
+            Ahead::Answered => {
+                return Err(Lost::Broken(
+                    "an answer while no task ran on the worker".into(),
+                ))
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// How a worker was found after the job it ran ended from outside, and the jobs ahead of it
+/// were withdrawn.
+enum Withdrawn {
+    /// It had answered, and started this job sent ahead: it serves on.
+    MovedOn(Job),
+    /// It had answered, and every job ahead was withdrawn: it is idle.
+    Idle,
+    /// Every job ahead was withdrawn, and it still runs the job.
+    Busy,
+    /// It did not say within [`WITHDRAW_WAIT`] whether it had started the jobs ahead.
+    Unanswered,
+    Lost(Lost),
+}
+
+/// How long a worker may take to answer the withdrawal of the jobs sent ahead.
+const WITHDRAW_WAIT: Duration = Duration::from_secs(1);
+
+/// Withdraws every job sent ahead to a worker whose job ended from outside, and finds out
+/// what the worker is doing.
+async fn withdraw(worker: &mut WorkerLink, pipeline: &Pipeline<'_>) -> Withdrawn {
+    pipeline.withdraw_all();
+    let withdrawn = async {
+        if worker.send_ready(pipeline).await.is_err() {
+            return Withdrawn::Lost(Lost::Died);
+        }
+        let mut answered = false;
+        while !pipeline.is_empty() {
+            match worker.ahead(pipeline).await {
+                Ok(Ahead::Started(id)) => {
+                    return match pipeline.started(id) {
+                        Ok(job) => {
+                            job.task.start(worker.pid(), worker.host());
+                            Withdrawn::MovedOn(job)
+                        }
+                        Err(msg) => Withdrawn::Lost(Lost::Broken(msg)),
+                    }
+                }
+                Ok(Ahead::Skipped) => {}
+                Ok(Ahead::Answered) => answered = true,
+                Err(lost) => return Withdrawn::Lost(lost),
+            }
+        }
+        match answered {
+            true => Withdrawn::Idle,
+            false => Withdrawn::Busy,
+        }
+    };
+    within(WITHDRAW_WAIT, withdrawn)
+        .await
+        .unwrap_or(Withdrawn::Unanswered)
+}
+
 /// Waits for a job for an idle worker, or for the worker to write or end on its own, or for
 /// `idle_timeout` to pass.
 async fn wait_idle(
+    driver: &Driver,
     worker: &mut WorkerLink,
-    queue: &Receiver<Job>,
     idle_timeout: Option<Duration>,
 ) -> Idle {
+    let queue = &driver.backlog;
+    if queue.len() == 0 {
+        driver.went_idle.notify(usize::MAX);
+    }
     let idle = future::or(
         async {
             match queue.recv().await {
-                Ok(job) => Idle::Job(job),
-                Err(_) => Idle::QueueClosed,
+                Some(job) => Idle::Job(job),
+                None => Idle::QueueClosed,
             }
         },
         async { Idle::Worker(worker.unasked_output().await) },
@@ -374,29 +483,76 @@ async fn wait_idle(
     }
 }
 
-/// Runs a started job on `worker` (writing its frame unless `written`). Returns the worker if
-/// it can serve on, with the next job from `queue` already started when there was one, and
-/// written when small: the worker then gets it before this job's result is handed out. Returns `None`
-/// if the worker is gone or on its way out, in which case `serving` was dropped as soon as
-/// that was known. The flag beside the next job says whether its frame was written.
+/// Buries a worker that was lost (`serving` already dropped) and says how it went, for the
+/// task it ran (`task`), if any.
+async fn lose(
+    worker: WorkerLink,
+    lost: Lost,
+    task: Option<&dyn crate::task::shared::AnyTask>,
+) -> TaskError {
+    let captured = task.and_then(|task| task.captured_stderr());
+    match lost {
+        Lost::Died | Lost::CutShort => match (worker.bury(captured).await, lost) {
+            // Killed while writing: a death. Exiting mid-frame on its own: a broken frame.
+            (
+                TaskError::WorkerDied {
+                    pid,
+                    code: Some(code),
+                    ..
+                },
+                Lost::CutShort,
+            ) => TaskError::Protocol(format!(
+                "worker {pid} exited with code {code} in the middle of a frame"
+            )),
+            (error, _) => error,
+        },
+        Lost::Broken(msg) => {
+            worker.stop(Duration::ZERO, "it broke the protocol").await;
+            TaskError::Protocol(msg)
+        }
+    }
+}
+
+/// Runs a started job on `worker` (writing its frame unless it was written), with the jobs
+/// that `pipeline` sends ahead behind it if it is piped (up to `room` more for this worker).
+/// Returns the worker if it can serve on, with the next job already started when there was
+/// one, and whether this job was quick; returns `None` if the worker is gone or on its way
+/// out, in which case `serving` was dropped as soon as that was known (the jobs still ahead
+/// are the caller's to give back).
 async fn run_job<'a>(
     driver: &Driver,
     mut worker: WorkerLink,
-    job: Job,
-    written: bool,
-    queue: Option<&Receiver<Job>>,
+    next: Next,
+    pipeline: &Pipeline<'_>,
+    room: usize,
     serving: &mut Option<Gauge<'a>>,
-) -> Option<(WorkerLink, Option<(Job, bool)>)> {
+) -> Option<(WorkerLink, Option<Next>, bool)> {
     let _busy = Gauge::up(&driver.state.counters.busy);
+    let Next {
+        job,
+        written,
+        piped,
+    } = next;
     let task = job.task;
-    report_start(&*task);
+    // A job sent ahead and cancelled as its worker started it is not reported as started.
+    if task.status() == TaskStatus::Running {
+        report_start(&*task);
+    }
     let timeout = task.options().timeout;
+    let began = Instant::now();
+    pipeline.job_started(piped, room);
     let step = {
         let exchange = async {
-            if !written && worker.send(&job.frame).await.is_err() {
-                return Err(Lost::Died);
+            if !written {
+                let sent = match piped {
+                    true => worker.send_piped(&job.frame).await,
+                    false => worker.send(&job.frame).await,
+                };
+                if sent.is_err() {
+                    return Err(Lost::Died);
+                }
             }
-            worker.reply(job.id, &*task).await
+            worker.reply(job.id, &*task, pipeline).await
         };
         let running = future::or(async { Step::Reply(exchange.await) }, async {
             until_finished(&*task).await;
@@ -411,19 +567,33 @@ async fn run_job<'a>(
     };
     // The task ended when its reply arrived, whatever is done before it is handed out.
     let replied_at = Instant::now();
+    let quick = replied_at - began < SLOW;
+    pipeline.give_back_unsent();
     drop(job.frame);
     let mut next = None;
-    if let Step::Reply(Ok(_)) = step {
+    if let (Step::Reply(Ok(_)), true) = (&step, pipeline.is_empty() && room > 0) {
         // The worker is idle: give it the next job before handing this result out, if its
         // frame fits in the pipe at once (a larger one would delay this result).
-        next = queue.and_then(next_started(&worker)).map(|job| {
-            let write_now = job.frame.len() <= EARLY_WRITE;
-            (job, write_now)
-        });
-        if let Some((next, true)) = &next {
-            report_start(&*next.task);
-            // A failed write shows as the worker's loss when its reply is read.
-            let _ = worker.send(&next.frame).await;
+        next = next_live(&driver.backlog)
+            .filter(|job| job.task.start(worker.pid(), worker.host()))
+            .map(|job| (job, pipeline.worth_piping(quick, false)))
+            .map(|(job, piped)| {
+                let written = job.frame.len() <= EARLY_WRITE;
+                Next {
+                    job,
+                    written,
+                    piped,
+                }
+            });
+        if let Some(next) = &next {
+            if next.written {
+                report_start(&*next.job.task);
+                // A failed write shows as the worker's loss when its reply is read.
+                let _ = match next.piped {
+                    true => worker.send_piped(&next.job.frame).await,
+                    false => worker.send(&next.job.frame).await,
+                };
+            }
         }
     }
     match step {
@@ -433,41 +603,52 @@ async fn run_job<'a>(
         Step::Reply(Ok(Reply::Failed(error))) => {
             task.finish_with_reply(Err(error), replied_at);
         }
-        Step::Reply(Err(lost @ (Lost::Died | Lost::CutShort))) => {
+        Step::Reply(Err(lost)) => {
             serving.take();
-            let error = match (worker.bury(task.captured_stderr()).await, lost) {
-                // Killed while writing: a death. Exiting mid-frame on its own: a broken frame.
-                (
-                    TaskError::WorkerDied {
-                        pid,
-                        code: Some(code),
-                        ..
-                    },
-                    Lost::CutShort,
-                ) => TaskError::Protocol(format!(
-                    "worker {pid} exited with code {code} in the middle of a frame"
-                )),
-                (error, _) => error,
-            };
+            pipeline.give_back_unstarted();
+            let error = lose(worker, lost, Some(&*task)).await;
             task.finish_with_error(error);
             task.settle();
             driver.state.report_end(&*task);
             return None;
         }
-        Step::Reply(Err(Lost::Broken(msg))) => {
-            serving.take();
-            worker.stop(Duration::ZERO, "it broke the protocol").await;
-            task.finish_with_error(TaskError::Protocol(msg));
-            task.settle();
-            driver.state.report_end(&*task);
-            return None;
-        }
         Step::Ended | Step::TimedOut(_) => {
-            serving.take();
             if let Step::TimedOut(after) = step {
                 task.finish_with_error(TaskError::TimedOut { after });
                 driver.state.report_end(&*task);
             }
+            if !pipeline.is_empty() {
+                // The worker may have gone on to a job sent ahead: that one must not be
+                // stopped with it. Withdrawn first, then the worker says where it is.
+                match withdraw(&mut worker, pipeline).await {
+                    Withdrawn::MovedOn(job) => {
+                        task.settle();
+                        driver.state.report_end(&*task);
+                        let next = Next {
+                            job,
+                            written: true,
+                            piped: true,
+                        };
+                        return Some((worker, Some(next), false));
+                    }
+                    Withdrawn::Idle => {
+                        task.settle();
+                        driver.state.report_end(&*task);
+                        return Some((worker, None, false));
+                    }
+                    Withdrawn::Busy => {}
+                    Withdrawn::Unanswered => fail_unanswered(&worker, pipeline, driver),
+                    Withdrawn::Lost(lost) => {
+                        serving.take();
+                        pipeline.give_back_unstarted();
+                        lose(worker, lost, None).await;
+                        task.settle();
+                        driver.state.report_end(&*task);
+                        return None;
+                    }
+                }
+            }
+            serving.take();
             let grace = task.options().cancel_timeout;
             worker
                 .begin_stop(grace, "its task was cancelled or timed out")
@@ -488,19 +669,34 @@ async fn run_job<'a>(
     }
     task.settle();
     driver.state.report_end(&*task);
-    Some((worker, next))
+    Some((worker, next, quick))
+}
+
+/// Fails the jobs still ahead on a worker that did not say whether it had started them: it is
+/// stopped, and whether they ran is not known, so none is run again.
+fn fail_unanswered(worker: &WorkerLink, pipeline: &Pipeline<'_>, driver: &Driver) {
+    let pid = worker.pid();
+    for job in pipeline.take_sent() {
+        let error = TaskError::Protocol(format!(
+            "worker {pid} did not say within {WITHDRAW_WAIT:?} whether it had started this \
+             task, sent to it ahead, and was stopped"
+        ));
+        if job.task.finish_with_error(error) {
+            driver.state.report_end(&*job.task);
+        }
+        job.task.settle();
+    }
 }
 
 /// The largest frame written to a worker before the result of its previous job is handed out:
 /// one that small fits in any pipe buffer at once.
 const EARLY_WRITE: usize = 64 * 1024;
 
-/// Takes the next job from a queue that has one ready and starts it on worker `pid`,
-/// skipping jobs that ended while queued.
-fn next_started(worker: &WorkerLink) -> impl FnOnce(&Receiver<Job>) -> Option<Job> + '_ {
-    move |queue| loop {
-        let job = queue.try_recv().ok()?;
-        if job.task.start(worker.pid(), worker.host()) {
+/// The next job of the backlog that did not end while queued, if one is ready.
+fn next_live(queue: &Backlog) -> Option<Job> {
+    loop {
+        let job = queue.try_recv()?;
+        if !job.task.is_finished() {
             return Some(job);
         }
     }

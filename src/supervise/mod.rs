@@ -65,6 +65,55 @@ pub(crate) enum Lost {
 /// exiting) before the launcher process is killed.
 const REMOTE_STOP_MARGIN: Duration = Duration::from_secs(1);
 
+/// What else goes to a worker while it runs a job: the jobs a pipeline sends ahead and the
+/// ones it withdraws (`Skip`), and what the worker answers about them.
+pub(crate) trait Feed {
+    /// Waits for frames to send to the worker. They are at most [`ATOMIC_WRITE`] bytes in all,
+    /// so that they are written whole or not at all: the wait, and the write, may be dropped
+    /// when the reply comes.
+    async fn next(&self) -> Vec<u8>;
+    /// The frames [`next`](Feed::next) returned last were written.
+    fn written(&self);
+    /// The worker withdrew job `id` before it started.
+    fn skipped(&self, id: u64) -> Result<(), String>;
+}
+
+/// A job with nothing beside it.
+pub(crate) struct Alone;
+
+impl Feed for Alone {
+    async fn next(&self) -> Vec<u8> {
+        future::pending().await
+    }
+    fn written(&self) {}
+    fn skipped(&self, id: u64) -> Result<(), String> {
+        Err(format!(
+            "a Skipped message for task {id}, which was not sent ahead"
+        ))
+    }
+}
+
+/// The most bytes a single write to a pipe writes whole or not at all (`PIPE_BUF`).
+pub(crate) const ATOMIC_WRITE: usize = 4096;
+
+/// The `Piped` marker frame, with `confirm` or without.
+pub(crate) fn piped_marker(confirm: bool) -> &'static [u8] {
+    static MARKERS: std::sync::OnceLock<[Vec<u8>; 2]> = std::sync::OnceLock::new();
+    let markers = MARKERS
+        .get_or_init(|| [false, true].map(|confirm| frame::frame(&ToWorker::Piped { confirm })));
+    &markers[usize::from(confirm)]
+}
+
+/// What a worker said about the next job sent ahead, after the job before it.
+pub(crate) enum Ahead {
+    /// It starts job `id`.
+    Started(u64),
+    /// It withdrew a job (the feed was told which).
+    Skipped,
+    /// It answered the job before (a reply that crossed a cancel or a timeout, not read).
+    Answered,
+}
+
 /// A worker process that was started and has not answered the handshake yet.
 pub(crate) struct Starting {
     launched: Launched,
@@ -260,7 +309,7 @@ impl WorkerLink {
             if self.send(&run).await.is_err() {
                 return Err(Lost::Died);
             }
-            self.reply(INIT_ID, &Unwatched).await
+            self.reply(INIT_ID, &Unwatched, &Alone).await
         };
         let failure = match within(timeout, exchange).await {
             Some(Ok(Reply::Done { payload_start })) => {
@@ -352,6 +401,12 @@ impl WorkerLink {
         self.input.write_all(frame).await
     }
 
+    /// Writes a job that is piped (jobs may be sent ahead behind it) to an idle worker.
+    pub(crate) async fn send_piped(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.input.write_all(piped_marker(false)).await?;
+        self.input.write_all(frame).await
+    }
+
     /// Waits for the worker to write something, or to close its output, while it has no job:
     /// either breaks the protocol. Returns how many bytes it wrote (0: it closed its output).
     pub(crate) async fn unasked_output(&mut self) -> io::Result<usize> {
@@ -366,18 +421,69 @@ impl WorkerLink {
 
     /// Reads the worker's answer to job `id`, handing what the job reports on the way to
     /// `reports` (and its `log` records to this process's logger); for a stream, grants the
-    /// worker the credit its consumer gives meanwhile.
-    pub(crate) async fn reply<R: Reports + ?Sized>(
+    /// worker the credit its consumer gives meanwhile; sends what `feed` has, and tells it
+    /// of the jobs the worker withdrew.
+    pub(crate) async fn reply<R: Reports + ?Sized, F: Feed>(
         &mut self,
         id: u64,
         reports: &R,
+        feed: &F,
     ) -> Result<Reply, Lost> {
         let pid = self.pid;
-        let read = read_reply(&mut self.output, &mut self.buf, id, pid, reports);
-        match reports.credit() {
-            None => read.await,
-            // Credit first: the worker may be waiting for it while its reports keep coming.
-            Some(credit) => future::or(grant(&mut self.input, id, credit), read).await,
+        let read = read_reply(&mut self.output, &mut self.buf, id, pid, reports, feed);
+        // Written first: the worker may be waiting for credit while its reports keep coming.
+        future::or(
+            send_beside(&mut self.input, id, reports.credit(), feed),
+            read,
+        )
+        .await
+    }
+
+    /// Reads what the worker says about the jobs sent ahead after the answer to the job
+    /// before them (whose reports, and whose answer if it was not read, are dropped).
+    pub(crate) async fn ahead<F: Feed>(&mut self, feed: &F) -> Result<Ahead, Lost> {
+        loop {
+            read_one(&mut self.output, &mut self.buf).await?;
+            let (header, _) = frame::split::<FromWorker>(&self.buf)
+                .map_err(|e| Lost::Broken(format!("undecodable message: {e}")))?;
+            return Ok(match header {
+                FromWorker::Started { id } => Ahead::Started(id),
+                FromWorker::Skipped { id } => {
+                    feed.skipped(id).map_err(Lost::Broken)?;
+                    Ahead::Skipped
+                }
+                FromWorker::Done { .. }
+                | FromWorker::Panicked { .. }
+                | FromWorker::Failed { .. } => Ahead::Answered,
+                FromWorker::Progress { .. }
+                | FromWorker::Items { .. }
+                | FromWorker::Output { .. }
+                | FromWorker::Log { .. } => continue,
+                other => {
+                    return Err(Lost::Broken(format!(
+                        "unexpected {} message between tasks",
+                        other.kind()
+                    )))
+                }
+            });
+        }
+    }
+
+    /// Sends the frames `feed` has ready now: the withdrawals of jobs sent ahead, when the job
+    /// before them ends from outside.
+    pub(crate) async fn send_ready<F: Feed>(&mut self, feed: &F) -> io::Result<()> {
+        loop {
+            let frames = match future::or(async { Some(feed.next().await) }, async {
+                future::yield_now().await;
+                None
+            })
+            .await
+            {
+                Some(frames) => frames,
+                None => return Ok(()),
+            };
+            self.input.write_all(&frames).await?;
+            feed.written();
         }
     }
 
@@ -496,12 +602,13 @@ impl WorkerLink {
 }
 
 /// Reads frames until the answer to job `id`, handing its reports on the way to `reports`.
-async fn read_reply<R: Reports + ?Sized>(
+async fn read_reply<R: Reports + ?Sized, F: Feed>(
     output: &mut BufReader<ChildStdout>,
     buf: &mut Vec<u8>,
     id: u64,
     pid: u32,
     reports: &R,
+    feed: &F,
 ) -> Result<Reply, Lost> {
     // Reports read since this future last yielded: a worker that reports without pause must
     // not keep the driver from its other workers (a read that finds data does not yield).
@@ -512,16 +619,7 @@ async fn read_reply<R: Reports + ?Sized>(
             unyielded = 0;
             future::yield_now().await;
         }
-        match frame::read_frame_async(output, buf).await {
-            Ok(true) => {}
-            Ok(false) => return Err(Lost::Died),
-            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
-                return Err(Lost::Broken(err.to_string()))
-            }
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Err(Lost::CutShort),
-            // A failed read: the worker is gone or going.
-            Err(_) => return Err(Lost::Died),
-        }
+        read_one(output, buf).await?;
         let (header, payload) = frame::split::<FromWorker>(buf)
             .map_err(|e| Lost::Broken(format!("undecodable message: {e}")))?;
         let report = match header {
@@ -556,6 +654,10 @@ async fn read_reply<R: Reports + ?Sized>(
                 record.emit(id, pid);
                 continue;
             }
+            FromWorker::Skipped { id: withdrawn } => {
+                feed.skipped(withdrawn).map_err(Lost::Broken)?;
+                continue;
+            }
             other => {
                 return Err(Lost::Broken(format!(
                     "unexpected {} message while running task {id}",
@@ -569,26 +671,58 @@ async fn read_reply<R: Reports + ?Sized>(
     }
 }
 
+/// Reads one frame into `buf`.
+async fn read_one(output: &mut BufReader<ChildStdout>, buf: &mut Vec<u8>) -> Result<(), Lost> {
+    match frame::read_frame_async(output, buf).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Lost::Died),
+        Err(err) if err.kind() == io::ErrorKind::InvalidData => Err(Lost::Broken(err.to_string())),
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Err(Lost::CutShort),
+        // A failed read: the worker is gone or going.
+        Err(_) => Err(Lost::Died),
+    }
+}
+
 /// How many reports a reply's reader takes before it lets the driver's other work run.
 const REPORTS_PER_TURN: u32 = 64;
 
-/// Sends stream `id` the credit its consumer grants, as it grants it; never ends.
+/// Sends what goes beside job `id` as it comes: the credit its consumer grants a stream, and
+/// `feed`'s frames; never ends.
 ///
-/// A `Credit` frame is far smaller than `PIPE_BUF`, so each write is atomic: should this
-/// future be dropped (the reply came) while it waits for room in the pipe, no part of a
-/// frame was written.
-async fn grant(input: &mut ChildStdin, id: u64, credit: &dyn Credit) -> Result<Reply, Lost> {
+/// Each write is at most [`ATOMIC_WRITE`] bytes (a `Credit` frame is far smaller), so
+/// should this future be dropped (the reply came) while it waits for room in the pipe, no
+/// part of a frame was written.
+async fn send_beside<F: Feed>(
+    input: &mut ChildStdin,
+    id: u64,
+    credit: Option<&dyn Credit>,
+    feed: &F,
+) -> Result<Reply, Lost> {
     loop {
-        let granted = credit.listen();
-        let items = credit.take();
-        if items == 0 {
-            granted.await;
-            continue;
-        }
-        let frame = frame::frame(&ToWorker::Credit { id, items });
-        if input.write_all(&frame).await.is_err() {
+        let granted = async {
+            let Some(credit) = credit else {
+                return future::pending().await;
+            };
+            loop {
+                let granted = credit.listen();
+                let items = credit.take();
+                if items > 0 {
+                    return frame::frame(&ToWorker::Credit { id, items });
+                }
+                granted.await;
+            }
+        };
+        // Credit first: the worker may be waiting for it.
+        let (frames, fed) = future::or(async { (granted.await, false) }, async {
+            (feed.next().await, true)
+        })
+        .await;
+        if input.write_all(&frames).await.is_err() {
             // The worker is gone: its reply says how.
             return future::pending().await;
+        }
+        if fed {
+            feed.written();
         }
     }
 }

@@ -50,6 +50,10 @@ pub(crate) trait AnyTask: Send + Sync + Reports {
     /// if it already finished (it was cancelled while queued), in which case it must not be
     /// sent.
     fn start(&self, pid: u32, host: Option<&Arc<str>>) -> bool;
+    /// Marks the task as sent ahead to a worker (`true`) that has not started it, or as back
+    /// in the pool's hands (`false`): while it is out, a cancel does not settle it, since the
+    /// worker may have started it in the meantime; the slot settles it.
+    fn send_ahead(&self, out: bool);
     /// Finishes the task with its worker's reply, received at `at`: the encoded result
     /// (decoded here, guarded), or why there is none.
     fn finish_with_reply(&self, reply: Result<&[u8], TaskError>, at: Instant);
@@ -188,6 +192,8 @@ struct State<T> {
     settled: bool,
     /// Whether `on_start` was claimed by [`report_start`].
     start_reported: bool,
+    /// Whether it is sent ahead to a worker (see [`AnyTask::send_ahead`]).
+    ahead: bool,
     /// Whether the end was claimed by [`report_end`].
     end_reported: bool,
 }
@@ -223,6 +229,7 @@ impl<T> Shared<T> {
                 waker: None,
                 settled: false,
                 start_reported: false,
+                ahead: false,
                 end_reported: false,
             }),
             changed: Event::new(),
@@ -333,7 +340,7 @@ impl<T> Shared<T> {
                 }
             }
             // A task that never reached a worker has nothing left to stop.
-            if meta.started_at.is_none() {
+            if meta.started_at.is_none() && !state.ahead {
                 state.settled = true;
             }
             if let Some(tally) = &self.tally {
@@ -415,6 +422,10 @@ impl<T: Send> AnyTask for Shared<T> {
         state.meta.host = host.cloned();
         state.meta.started_at = Some(Instant::now());
         true
+    }
+
+    fn send_ahead(&self, out: bool) {
+        self.lock().ahead = out;
     }
 
     fn finish_with_reply(&self, reply: Result<&[u8], TaskError>, at: Instant) {
