@@ -461,6 +461,7 @@ impl ProcessPool {
             busy,
             idle: workers - busy,
             queued: state.count_live(|task| task.status() == TaskStatus::Pending),
+            sent_ahead: counters.sent_ahead.load(Ordering::Relaxed),
             completed: state.tally.completed.load(Ordering::Relaxed),
             failed: state.tally.failed.load(Ordering::Relaxed),
             cancelled: state.tally.cancelled.load(Ordering::Relaxed),
@@ -518,6 +519,10 @@ pub struct PoolStats {
     pub idle: usize,
     /// Tasks waiting for a worker.
     pub queued: usize,
+    /// Of the queued tasks, those already sent ahead to a busy worker, to start the moment
+    /// its task ends (see the crate docs on pipelined dispatch); still withdrawn if
+    /// cancelled, and given to another worker if that one dies first.
+    pub sent_ahead: usize,
     /// Tasks that returned a value.
     pub completed: u64,
     /// Tasks that failed (panic, worker death, timeout, codec, protocol, spawn).

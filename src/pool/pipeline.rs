@@ -126,6 +126,7 @@ impl<'a> Pipeline<'a> {
         match state.sent.front() {
             Some((job, _)) if job.id == id => {
                 let (job, _) = state.sent.pop_front().expect("just seen");
+                self.count_out(1);
                 job.task.send_ahead(false);
                 Ok(job)
             }
@@ -140,6 +141,7 @@ impl<'a> Pipeline<'a> {
     /// Jobs that ended meanwhile (cancelled) are settled instead.
     pub(crate) fn give_back_unstarted(&self) {
         let mut state = self.state.borrow_mut();
+        self.count_out(state.sent.len());
         let sent = std::mem::take(&mut state.sent)
             .into_iter()
             .map(|(job, _)| job);
@@ -152,6 +154,7 @@ impl<'a> Pipeline<'a> {
     /// Takes the jobs sent ahead, whose fate is not known; gives back the rest.
     pub(crate) fn take_sent(&self) -> Vec<Job> {
         let sent = std::mem::take(&mut self.state.borrow_mut().sent);
+        self.count_out(sent.len());
         self.give_back_unstarted();
         sent.into_iter().map(|(job, _)| job).collect()
     }
@@ -168,6 +171,12 @@ impl<'a> Pipeline<'a> {
         }
         drop(state);
         self.give_back(unsent.jobs);
+    }
+
+    /// Counts `n` jobs sent ahead as no longer out (started, withdrawn, given back).
+    fn count_out(&self, n: usize) {
+        let counter = &self.driver.state.counters.sent_ahead;
+        counter.fetch_sub(n, Ordering::Relaxed);
     }
 
     fn give_back(&self, jobs: Vec<Job>) {
@@ -313,6 +322,8 @@ impl Feed for Pipeline<'_> {
                 *asked = true;
             }
         }
+        let counter = &self.driver.state.counters.sent_ahead;
+        counter.fetch_add(unsent.jobs.len(), Ordering::Relaxed);
         state
             .sent
             .extend(unsent.jobs.into_iter().map(|job| (job, false)));
@@ -325,6 +336,7 @@ impl Feed for Pipeline<'_> {
         };
         let (job, _) = state.sent.remove(at).expect("just found");
         drop(state);
+        self.count_out(1);
         self.give_back(vec![job]);
         Ok(())
     }

@@ -41,6 +41,8 @@ pub(crate) struct Counters {
     pub(crate) workers: AtomicUsize,
     /// Workers running a task.
     pub(crate) busy: AtomicUsize,
+    /// Queued tasks sent ahead to a worker (see `pipeline`).
+    pub(crate) sent_ahead: AtomicUsize,
     /// Workers started in place of one that exited, died, was stopped or retired.
     pub(crate) replaced: AtomicU64,
     /// Workers being started (launch, handshake, `init`).
