@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::BufReader;
 use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -54,8 +55,10 @@ pub(super) struct Queued {
 /// The jobs read ahead, and the way to the input thread.
 pub(super) struct Inbox {
     waiting: Mutex<VecDeque<Waiting>>,
-    /// Notified when a frame is added to `waiting`.
+    /// Notified when a frame is added to `waiting` while the main thread waits for one.
     arrived: Condvar,
+    /// Whether the main thread waits on `arrived` (set and read under the `waiting` lock).
+    sleeping: AtomicBool,
     channel: &'static Channel,
     remote: bool,
     /// Lends the input to the input thread.
@@ -82,6 +85,7 @@ impl Inbox {
         let inbox: &'static Inbox = Box::leak(Box::new(Inbox {
             waiting: Mutex::new(VecDeque::new()),
             arrived: Condvar::new(),
+            sleeping: AtomicBool::new(false),
             channel,
             remote,
             lend,
@@ -132,10 +136,12 @@ impl Inbox {
     /// usually on its way. Returns whether one came.
     pub(super) fn wait_briefly(&self, limit: Duration) -> bool {
         let waiting = lock(&self.waiting);
+        self.sleeping.store(true, Ordering::Relaxed);
         let (waiting, _) = self
             .arrived
             .wait_timeout_while(waiting, limit, |waiting| waiting.is_empty())
             .unwrap_or_else(PoisonError::into_inner);
+        self.sleeping.store(false, Ordering::Relaxed);
         !waiting.is_empty()
     }
 
@@ -169,26 +175,24 @@ impl Inbox {
         let mut ended = false;
         while let Ok(mut input) = lent.recv() {
             loop {
-                let buffered = !ended && !input.reader.buffer().is_empty();
-                let mut fds = [
-                    PollFd::new(&wake, PollFlags::IN),
-                    PollFd::new(input.reader.get_ref(), PollFlags::IN),
-                ];
-                let now = rustix::time::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                let timeout = buffered.then_some(&now);
-                let watched = if ended { 1 } else { 2 };
-                if rustix::event::poll(&mut fds[..watched], timeout).is_err() {
-                    continue; // interrupted
-                }
-                if !fds[0].revents().is_empty() {
-                    let _ = rustix::io::read(&wake, &mut [0; 1]);
-                    break;
-                }
-                if ended || (!buffered && fds[1].revents().is_empty()) {
-                    continue;
+                // Frames already read from the pipe are taken first, without a system call;
+                // the wake-up is looked at once they are.
+                if ended || input.reader.buffer().is_empty() {
+                    let mut fds = [
+                        PollFd::new(&wake, PollFlags::IN),
+                        PollFd::new(input.reader.get_ref(), PollFlags::IN),
+                    ];
+                    let watched = if ended { 1 } else { 2 };
+                    if rustix::event::poll(&mut fds[..watched], None).is_err() {
+                        continue; // interrupted
+                    }
+                    if !fds[0].revents().is_empty() {
+                        let _ = rustix::io::read(&wake, &mut [0; 1]);
+                        break;
+                    }
+                    if ended || fds[1].revents().is_empty() {
+                        continue;
+                    }
                 }
                 match frame::read_frame(&mut input.reader, &mut body) {
                     Ok(true) => self.take(&mut input, std::mem::take(&mut body)),
@@ -205,8 +209,12 @@ impl Inbox {
     }
 
     fn add(&self, frame: Waiting) {
-        lock(&self.waiting).push_back(frame);
-        self.arrived.notify_one();
+        let mut waiting = lock(&self.waiting);
+        waiting.push_back(frame);
+        // A wake-up (a system call) only for a main thread that waits.
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.arrived.notify_one();
+        }
     }
 
     /// Acts on a frame the input thread read.
