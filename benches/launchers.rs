@@ -8,7 +8,9 @@
 //! 1. start-up: a pool of one worker and its first result, the first time in a process with
 //!    the copy of the program made then (removed first), and later;
 //! 2. a trivial task's round trip, against a raw 16-byte ping-pong through the launcher;
-//! 3. a 16 MiB `serde_bytes` echo, against a raw 16 MiB echo through the launcher.
+//! 3. a 16 MiB `serde_bytes` echo, against a raw 16 MiB echo through the launcher;
+//! 4. trivial tasks spawned one by one on the one worker (20,000, awaited together): what
+//!    pipelined dispatch makes of a round trip that crosses a launcher.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -155,6 +157,14 @@ fn measure(name: &str, launcher: Launcher, config: &str) {
         .collect();
     let echoed = median(&mut echoes);
     let raw_echoed = raw_echoes(name, config, &data);
+    // 4. tasks spawned one by one
+    const SPAWNED: u64 = 20_000;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..SPAWNED).map(|i| pool.spawn(trivial, i)).collect();
+    for (i, task) in (0..).zip(tasks) {
+        assert_eq!(task.wait().unwrap(), i + 1);
+    }
+    let per_s = SPAWNED as f64 / start.elapsed().as_secs_f64();
     pool.shutdown_blocking();
     let mb = |d: Duration| ECHO_BYTES as f64 / d.as_secs_f64() / 1e6;
     println!(
@@ -172,6 +182,10 @@ fn measure(name: &str, launcher: Launcher, config: &str) {
         mb(echoed),
         mb(raw_echoed),
         100.0 * raw_echoed.as_secs_f64() / echoed.as_secs_f64()
+    );
+    println!(
+        "{name}: trivial tasks spawned one by one on one worker {per_s:.0} /s ({:.1} per round trip)",
+        per_s * trip.as_secs_f64()
     );
 }
 

@@ -735,7 +735,10 @@ fn main() {
     let scaled = scale();
 
     let mb_per_s = |d: Duration| ECHO_BYTES as f64 / d.as_secs_f64() / 1e6;
-    println!("figure (2 workers)                         p50           p99   ratio");
+    let verdict = |met: bool| if met { "met" } else { "NOT MET" };
+    println!(
+        "figure (2 workers)                         p50           p99   ratio, target: verdict"
+    );
     println!(
         "1. raw pipe ping-pong, same CPU        {:>9.1} µs  {:>9.1} µs",
         micros(same50),
@@ -750,46 +753,65 @@ fn main() {
         ("2. trivial round trip, smol", smol50, smol99),
         ("2. trivial round trip, Tokio", tokio50, tokio99),
     ] {
+        let ratio = p50.as_secs_f64() / same50.as_secs_f64();
         println!(
-            "{name:<37}  {:>9.1} µs  {:>9.1} µs   {:.1}× same-CPU, {:.2}× cross-CPU raw",
+            "{name:<37}  {:>9.1} µs  {:>9.1} µs   {ratio:.1}× same-CPU, {:.2}× cross-CPU raw; ≤ 3× same-CPU raw: {}",
             micros(p50),
             micros(p99),
-            p50.as_secs_f64() / same50.as_secs_f64(),
             p50.as_secs_f64() / cross50.as_secs_f64(),
+            verdict(ratio <= 3.0)
         );
     }
-    println!("3. trivial tasks spawned one by one     {spawned_per_s:>9.0} /s");
-    println!("3. trivial items through map            {mapped_per_s:>9.0} /s");
     println!(
-        "4. 16 MiB echo: raw pipe {:>7.0} MB/s, offload {:>7.0} MB/s   {:.0} %",
+        "3. trivial tasks spawned one by one     {spawned_per_s:>9.0} /s   ≥ 300k: {}",
+        verdict(spawned_per_s >= 300e3)
+    );
+    println!(
+        "3. trivial items through map            {mapped_per_s:>9.0} /s   ≥ 500k: {}",
+        verdict(mapped_per_s >= 500e3)
+    );
+    let echo_share = 100.0 * raw_echo50.as_secs_f64() / echo50.as_secs_f64();
+    println!(
+        "4. 16 MiB echo: raw pipe {:>7.0} MB/s, offload {:>7.0} MB/s   {echo_share:.0} %; ≥ 100 %: {}",
         mb_per_s(raw_echo50),
         mb_per_s(echo50),
-        100.0 * raw_echo50.as_secs_f64() / echo50.as_secs_f64()
+        verdict(echo_share >= 100.0)
     );
-    for (name, p50, p99) in [
-        ("5. cold start: pool of 2 + result", cold50, cold99),
-        ("6. cancel → worker reaped", reaped50, reaped99),
-        ("6. cancel → a replacement served", replaced50, replaced99),
+    for (name, p50, p99, bound) in [
+        ("5. cold start: pool of 2 + result", cold50, cold99, 2.0),
+        ("6. cancel → worker reaped", reaped50, reaped99, 1.0),
+        (
+            "6. cancel → a replacement served",
+            replaced50,
+            replaced99,
+            2.0,
+        ),
     ] {
         println!(
-            "{name:<37}  {:>9.2} ms  {:>9.2} ms",
+            "{name:<37}  {:>9.2} ms  {:>9.2} ms   ≤ {bound} ms: {}",
             millis(p50),
-            millis(p99)
+            millis(p99),
+            verdict(millis(p50) <= bound)
         );
     }
+    let speedup = sequential.as_secs_f64() / parallel.as_secs_f64();
     println!(
-        "7. 8 × 250 ms of work: sequential {:.0} ms, pool {:.0} ms   speedup {:.2}",
+        "7. 8 × 250 ms of work: sequential {:.0} ms, pool {:.0} ms   speedup {speedup:.2}; ≥ 1.95: {}",
         millis(sequential),
         millis(parallel),
-        sequential.as_secs_f64() / parallel.as_secs_f64()
+        verdict(speedup >= 1.95)
     );
     println!(
-        "8. 1 ms ticker lag while computing: max {:.2} ms, p99 {:.2} ms ({} ticks)",
+        "8. 1 ms ticker lag while computing: max {:.2} ms, p99 {:.2} ms ({} ticks); p99 < 1 ms: {}",
         millis(lag_max),
         millis(lag99),
-        lags.len()
+        lags.len(),
+        verdict(millis(lag99) < 1.0)
     );
-    println!("9. parent memory per queued task        {per_queued:>9.0} bytes");
+    println!(
+        "9. parent memory per queued task        {per_queued:>9.0} bytes   < 1 KiB: {}",
+        verdict(per_queued < 1024.0)
+    );
     println!("10. peers, same run: procspawn 1.0 pool of 2 (the target: offload ahead on each)");
     let ahead = |better: bool| if better { "ahead" } else { "behind" };
     let fastest = smol50.min(tokio50);

@@ -59,6 +59,12 @@
 //!   stdin closes, and on Linux they are killed when the parent dies (`PR_SET_PDEATHSIG`).
 //! - With [`PoolBuilder::memory_limit`], workers' stderr is piped through the parent (and
 //!   copied to its stderr) so that an allocation failure can be told apart from other aborts.
+//! - Pipelined dispatch: while a quick task runs and no worker is idle, a worker is sent more
+//!   small jobs ahead, so that it goes from one to the next without waiting for the parent. A
+//!   job sent ahead stays queued ([`PoolStats::sent_ahead`] counts them) until its worker says
+//!   it starts it; it is withdrawn if it is cancelled, or if the task in front of it runs
+//!   long while another worker is free, and given to another worker if that one dies first.
+//!   docs/architecture.md has the protocol and the argument.
 //! - [`Isolated`] starts its driver thread on its first call.
 //! - async-process starts its own reaper thread, named `async-process`, on first use.
 //! - The driver never runs user code unguarded: results are decoded, and callbacks run, under

@@ -16,8 +16,8 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::BufReader;
-use std::sync::mpsc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 

@@ -219,6 +219,14 @@ impl Launcher {
         matches!(self.kind, Kind::Local)
     }
 
+    /// Whether a pool sends jobs ahead to its workers (docs/architecture.md, "Pipelined
+    /// dispatch"). Not through srun: its forwarding of a worker's output delivered the many
+    /// small answers of a pipeline at about 2,400 a second with the CPUs idle, a quarter of
+    /// what one job at a time reaches (`cargo bench --bench launchers`, 2026-12-04).
+    pub(crate) fn pipelines(&self) -> bool {
+        !matches!(self.kind, Kind::Srun)
+    }
+
     /// Starts one worker process with piped stdin and stdout (and stderr if `pipe_stderr`),
     /// in its own process group so that a terminal's Ctrl-C reaches only the parent, which
     /// decides what workers do.

@@ -82,11 +82,14 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Whether the job this worker takes now is worth piping (jobs then go ahead behind
-    /// it): its last job was quick, and more jobs wait than the other idle workers can take.
+    /// it): its last job was quick, more jobs wait than the other idle workers can take, and
+    /// the launcher carries a pipeline well.
     /// `idle` says whether this worker is counted as idle.
     pub(crate) fn worth_piping(&self, last_was_quick: bool, idle: bool) -> bool {
         let others_idle = self.idle_workers().saturating_sub(usize::from(idle));
-        last_was_quick && self.driver.backlog.len() > others_idle
+        last_was_quick
+            && self.driver.backlog.len() > others_idle
+            && self.driver.options.launcher.pipelines()
     }
 
     /// Whether an elastic slot may still start a worker (for the jobs that wait).
