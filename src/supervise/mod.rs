@@ -393,7 +393,10 @@ impl WorkerLink {
         let stderr = self.stderr.take()?;
         let tail = Arc::new(StderrTail::default());
         self.stderr_tail = Some(tail.clone());
-        Some(forward_stderr(stderr, tail))
+        // The writer thread starts here rather than at the future's first poll, so that it
+        // exists before the worker serves (a pool's threads do not grow later, at a time
+        // that depends on scheduling).
+        Some(forward_stderr(stderr, tail, stderr_writer()))
     }
 
     /// Writes one complete frame (a job) to the worker.
@@ -783,8 +786,11 @@ impl StderrTail {
 
 /// Copies a worker's stderr to ours (through [`stderr_writer`], so that a parent's stderr that
 /// blocks never blocks the driver) until it ends, keeping its end in `tail`.
-async fn forward_stderr(mut stderr: ChildStderr, tail: Arc<StderrTail>) {
-    let writer = stderr_writer();
+async fn forward_stderr(
+    mut stderr: ChildStderr,
+    tail: Arc<StderrTail>,
+    writer: Option<async_channel::Sender<Vec<u8>>>,
+) {
     loop {
         let mut chunk = vec![0; 8192];
         let n = match futures_lite::AsyncReadExt::read(&mut stderr, &mut chunk).await {
