@@ -1,5 +1,6 @@
 //! A worker that writes anything at all into the protocol — garbage, a truncated frame, a
-//! frame over the size cap, an unknown message, a reply for another task, output while idle —
+//! frame over the size cap, a frame in shared memory out of turn or past its end, an unknown
+//! message, a reply for another task, output while idle —
 //! is killed and replaced; its task fails with `Protocol`; the parent never panics.
 //!
 //! The tasks here play the adversary from inside the worker: they find the protocol's write
@@ -106,6 +107,26 @@ async fn oversized_frame_fails_the_task_with_protocol() {
     assert_protocol_failure(bytes, false, "over the limit").await;
 }
 
+/// A marker of a frame in shared memory: its number there and its length.
+fn region_marker(number: u64, len: u64) -> Vec<u8> {
+    let mut bytes = u32::MAX.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&number.to_le_bytes());
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes
+}
+
+async fn a_shared_memory_frame_out_of_turn_fails_the_task_with_protocol() {
+    assert_protocol_failure(region_marker(7, 16), false, "7 announced, 1 expected").await;
+}
+
+async fn a_shared_memory_frame_past_its_region_fails_the_task_with_protocol() {
+    assert_protocol_failure(region_marker(1, 512 << 20), false, "past the end").await;
+}
+
+async fn a_shared_memory_frame_over_the_cap_fails_the_task_with_protocol() {
+    assert_protocol_failure(region_marker(1, 1 << 40), false, "over the limit").await;
+}
+
 async fn unknown_message_fails_the_task_with_protocol() {
     let body = rmp_serde::to_vec(&("an", "unknown", 7, "message")).unwrap();
     assert_protocol_failure(frame(&body), false, "undecodable message").await;
@@ -129,6 +150,9 @@ fn main() {
         garbage_fails_the_task_with_protocol,
         truncated_frame_fails_the_task_with_protocol,
         oversized_frame_fails_the_task_with_protocol,
+        a_shared_memory_frame_out_of_turn_fails_the_task_with_protocol,
+        a_shared_memory_frame_past_its_region_fails_the_task_with_protocol,
+        a_shared_memory_frame_over_the_cap_fails_the_task_with_protocol,
         unknown_message_fails_the_task_with_protocol,
         reply_for_another_task_fails_the_task_with_protocol,
         output_while_idle_replaces_the_worker,

@@ -1,4 +1,4 @@
-//! After a pool's busy life (results, panics, deaths, cancels, timeouts, drops) and its
+//! After a pool's busy life (results, large ones, panics, deaths, cancels, timeouts, drops) and its
 //! shutdown, the process holds no more file descriptors than before and has no children.
 //!
 //! One test in its own binary: descriptors and children are process-wide.
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{children, eventually, open_fds, sleep_ms, spin, trial, Runtime};
 use offload::ProcessPool;
+use serde_bytes::ByteBuf;
 
 fn boom() -> u32 {
     panic!("boom")
@@ -18,10 +19,27 @@ fn exit_3() -> u32 {
     std::process::exit(3)
 }
 
+fn echo(bytes: ByteBuf) -> ByteBuf {
+    bytes
+}
+
+fn exit_holding(_: ByteBuf) -> u32 {
+    std::process::exit(4)
+}
+
 async fn busy_life(pool: ProcessPool) {
     let ok: Vec<_> = (0..50).map(|i| pool.spawn(sleep_ms, i % 3)).collect();
     let panicked = pool.spawn(boom, ());
     let died = pool.spawn(exit_3, ());
+    // Large frames, which go through shared memory both ways, and a worker that dies with
+    // one in it.
+    let large = ByteBuf::from(vec![7; 4 << 20]);
+    assert_eq!(pool.spawn(echo, large.clone()).await.unwrap(), large);
+    assert!(pool
+        .spawn(exit_holding, large)
+        .await
+        .unwrap_err()
+        .is_worker_died());
     let timed_out = pool.task(spin).timeout(Duration::from_millis(20)).spawn(());
     let cancelled = pool.spawn(spin, ());
     let dropped = pool.spawn(spin, ());

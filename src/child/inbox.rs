@@ -25,6 +25,7 @@ use rustix::fd::OwnedFd;
 
 use crate::inside::Channel;
 use crate::protocol::{frame, FromWorker, Run, ToWorker};
+use crate::sys::region::Region;
 use crate::sys::signal::{kill_own_group, Signal};
 
 /// The protocol input, and what was read of a job whose `Run` has not come yet.
@@ -32,6 +33,8 @@ pub(super) struct Input {
     pub(super) reader: BufReader<File>,
     /// The `Piped` marker read last, for the `Run` that follows it: `Some(confirm)`.
     pub(super) marker: Option<bool>,
+    /// The shared memory large frames come through, if the parent set it up.
+    pub(super) jobs: Option<Region>,
 }
 
 /// A frame the parent sent that waits for the main thread.
@@ -194,7 +197,7 @@ impl Inbox {
                         continue;
                     }
                 }
-                match frame::read_frame(&mut input.reader, &mut body) {
+                match frame::read_frame(&mut input.reader, &mut body, input.jobs.as_mut()) {
                     Ok(true) => self.take(&mut input, std::mem::take(&mut body)),
                     Ok(false) | Err(_) => {
                         self.input_ended();

@@ -10,6 +10,7 @@ use super::inbox::Input;
 use crate::inside::{self, Channel};
 use crate::protocol::frame;
 use crate::protocol::{FromWorker, ToWorker};
+use crate::sys::region::Region;
 
 /// How long an idle worker polls for its next task before it sleeps, yielding its CPU in
 /// between (docs/performance.md has the before and after).
@@ -50,11 +51,19 @@ impl ParentLink {
             input: Some(Input {
                 reader: BufReader::with_capacity(READ_BUFFER, File::from(input)),
                 marker: None,
+                jobs: None,
             }),
             output: inside::install(File::from(output)),
             frame: Vec::new(),
             payload_start: 0,
         })
+    }
+
+    /// Takes large frames through shared memory from now on: `jobs` from the parent, and
+    /// `replies` to it.
+    pub(super) fn use_regions(&mut self, jobs: Region, replies: Region) {
+        self.input().jobs = Some(jobs);
+        self.output.use_region(replies);
     }
 
     /// The input, which is only ever away while a watched task runs.
@@ -96,7 +105,7 @@ impl ParentLink {
             .input
             .as_mut()
             .expect("the input is back once a watched task ends");
-        match frame::read_frame(&mut input.reader, &mut self.frame) {
+        match frame::read_frame(&mut input.reader, &mut self.frame, input.jobs.as_mut()) {
             Ok(true) => {
                 let (header, payload) = frame::split(&self.frame)
                     .map_err(|e| format!("undecodable message from the parent: {e}"))?;

@@ -14,13 +14,14 @@ use crate::inside::logger;
 use crate::protocol::build::{build_id, content_id, target};
 use crate::protocol::{entry, frame, CodecFailure, FromWorker, Run, ToWorker};
 use crate::sys::panic::{self, Panic};
+use crate::sys::region::Region;
 use crate::sys::signal::kill_own_group;
 
 /// Serves the parent on this process's stdin and stdout until it says `Shutdown` or goes away.
 pub(super) fn serve() -> Result<(), String> {
     let mut link =
         ParentLink::take_over_stdio().map_err(|e| format!("could not set up its pipes: {e}"))?;
-    let (parent, remote, expected) = match link.receive()? {
+    let (parent, remote, expected, regions) = match link.receive()? {
         None => return Ok(()),
         Some(ToWorker::Hello {
             build,
@@ -29,6 +30,7 @@ pub(super) fn serve() -> Result<(), String> {
             remote,
             target: parent_target,
             log_level,
+            regions,
         }) => {
             let own = if remote { content_id() } else { build_id() };
             let refusal = if remote && parent_target != target() {
@@ -58,7 +60,7 @@ pub(super) fn serve() -> Result<(), String> {
                     .map_err(|e| format!("could not set its memory limit: {e}"))?;
             }
             logger::install(log_level);
-            (parent, remote, own)
+            (parent, remote, own, regions.filter(|_| !remote))
         }
         Some(other) => {
             return Err(format!(
@@ -70,6 +72,17 @@ pub(super) fn serve() -> Result<(), String> {
     if !follow_parent(parent, remote)? {
         return Ok(()); // nobody is left to serve
     }
+    // Without them (a `/proc` this process may not read), every frame goes through the pipe.
+    let regions = regions.and_then(|(jobs, replies)| {
+        Some((
+            Region::open(parent, jobs).ok()?,
+            Region::open(parent, replies).ok()?,
+        ))
+    });
+    let opened = regions.is_some();
+    if let Some((jobs, replies)) = regions {
+        link.use_regions(jobs, replies);
+    }
     link.send(&FromWorker::Hello {
         pid: std::process::id(),
         build: expected,
@@ -77,6 +90,7 @@ pub(super) fn serve() -> Result<(), String> {
             .nodename()
             .to_string_lossy()
             .into_owned(),
+        regions: opened,
     })?;
     panic::record_locations();
     serve_jobs(link, remote)

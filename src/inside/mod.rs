@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use crate::protocol::{frame, FromWorker, RUN_CAPTURE};
+use crate::sys::region::Region;
 
 /// The channel of this worker process, once it has taken over its descriptors.
 static CHANNEL: OnceLock<Channel> = OnceLock::new();
@@ -43,6 +44,24 @@ pub(crate) struct Channel {
 struct Output {
     file: File,
     task: Option<u64>,
+    /// The shared memory large frames go through, if the parent set it up.
+    region: Option<Region>,
+}
+
+impl Output {
+    /// Writes the frame of `head` (with its length prefix) and `payload`: through the region
+    /// if it is large, and the region is free.
+    fn write_frame(&mut self, head: &[u8], payload: &[u8]) -> std::io::Result<()> {
+        let body = [&head[frame::LEN_PREFIX..], payload];
+        if let Some(marker) = frame::into_region(self.region.as_mut(), &body) {
+            return self.file.write_all(&marker);
+        }
+        self.file.write_all(head)?;
+        if !payload.is_empty() {
+            self.file.write_all(payload)?;
+        }
+        Ok(())
+    }
 }
 
 /// Locks `mutex`; no code that can panic runs under these locks, but a poisoned one must not
@@ -58,6 +77,7 @@ pub(crate) fn install(output: File) -> &'static Channel {
         output: Mutex::new(Output {
             file: output,
             task: None,
+            region: None,
         }),
         running: AtomicBool::new(false),
         current: AtomicU64::new(0),
@@ -75,6 +95,11 @@ pub(crate) fn channel() -> Option<&'static Channel> {
 }
 
 impl Channel {
+    /// Sends large frames through `region` from now on.
+    pub(crate) fn use_region(&self, region: Region) {
+        lock(&self.output).region = Some(region);
+    }
+
     /// Writes a frame that belongs to no task (the handshake).
     pub(crate) fn write(&self, frame: &[u8]) -> Result<(), String> {
         lock(&self.output)
@@ -95,9 +120,7 @@ impl Channel {
         if output.task != Some(id) {
             return;
         }
-        if output.file.write_all(&head).is_ok() && !payload.is_empty() {
-            let _ = output.file.write_all(payload);
-        }
+        let _ = output.write_frame(&head, payload);
     }
 
     /// The id of the task that runs, if one does.
@@ -151,8 +174,7 @@ impl Channel {
         let mut output = lock(&self.output);
         output.task = None;
         output
-            .file
-            .write_all(reply)
+            .write_frame(reply, &[])
             .map_err(|e| format!("could not write to the parent: {e}"))
     }
 

@@ -5,12 +5,21 @@
 //! rmp-serde encoding of the arguments or of the result). Keeping the payload beside the header
 //! instead of inside it lets the sender encode user data straight into the frame buffer and the
 //! receiver decode it straight from the read buffer: no copy of the data in between.
+//!
+//! Between the parent and a local worker, a body of at least
+//! [`region::MIN_FRAME`](crate::sys::region::MIN_FRAME) bytes goes through shared memory
+//! instead (a [`Region`], see [`crate::sys::region`]) when the region is free: the pipe then
+//! carries only a marker, the length prefix [`REGION_MARK`] followed by the frame's number in
+//! the region and its length (two little-endian `u64`s). The receiver copies the body out
+//! into the same buffer a piped body is read into, so what reads frames sees no difference.
 
 use std::io::{self, Read};
 
 use futures_lite::{AsyncRead, AsyncReadExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::sys::region::{self, Region};
 
 /// The largest frame body, in bytes, that either side sends or accepts (1 GiB).
 ///
@@ -28,7 +37,57 @@ use serde::Serialize;
 pub const MAX_FRAME_LEN: usize = 1 << 30;
 
 /// Bytes reserved at the front of every frame for the body length.
-const LEN_PREFIX: usize = 4;
+pub(crate) const LEN_PREFIX: usize = 4;
+
+/// The length prefix of a frame whose body is in shared memory (no body length is this
+/// large: it is over [`MAX_FRAME_LEN`]).
+const REGION_MARK: u32 = u32::MAX;
+
+/// The marker of a frame in shared memory: [`REGION_MARK`], the frame's number, its length.
+pub(crate) type RegionMarker = [u8; LEN_PREFIX + 16];
+
+/// Puts the frame body made of `parts` (without its length prefix) in `region` if it is
+/// large enough to gain from it and the region is free; returns the marker to write to the
+/// pipe in its place. `None`: write the frame itself.
+pub(crate) fn into_region(region: Option<&mut Region>, parts: &[&[u8]]) -> Option<RegionMarker> {
+    let region = region?;
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    if len < region::MIN_FRAME {
+        region.trim();
+        return None;
+    }
+    if len > MAX_FRAME_LEN {
+        return None;
+    }
+    let number = region.put(parts).ok()??;
+    let mut marker = [0; LEN_PREFIX + 16];
+    marker[..LEN_PREFIX].copy_from_slice(&REGION_MARK.to_le_bytes());
+    marker[LEN_PREFIX..LEN_PREFIX + 8].copy_from_slice(&number.to_le_bytes());
+    marker[LEN_PREFIX + 8..].copy_from_slice(&(len as u64).to_le_bytes());
+    Some(marker)
+}
+
+/// Copies the body a region marker announced (`rest`: the number and the length) into `buf`.
+fn from_region(region: Option<&mut Region>, rest: [u8; 16], buf: &mut Vec<u8>) -> io::Result<()> {
+    let (number, len) = rest.split_at(8);
+    let number = u64::from_le_bytes(number.try_into().expect("8 bytes"));
+    let len = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&len| len <= MAX_FRAME_LEN)
+        .ok_or_else(|| {
+            invalid(format!(
+                "frame of {len} bytes announced, over the limit of {MAX_FRAME_LEN} bytes"
+            ))
+        })?;
+    let region =
+        region.ok_or_else(|| invalid("a frame in shared memory, which was not set up".into()))?;
+    shrink_for(buf, len);
+    region
+        .take(number, len, buf)
+        .map_err(|e| invalid(format!("a frame in shared memory could not be read: {e}")))
+}
 
 /// Bytes by which a receive buffer grows at most per read, so a length prefix alone never
 /// causes a large allocation.
@@ -37,8 +96,8 @@ const GROW_STEP: usize = 1 << 20;
 /// The capacity a frame buffer keeps: one that a large payload grew beyond it shrinks back
 /// to it when the next, small, frame is read or written, so a worker or a slot that once
 /// carried 256 MiB does not hold that memory for the rest of its life (and a stream of large
-/// payloads reuses its buffer instead of allocating one per frame).
-pub(crate) const KEPT_CAPACITY: usize = 1 << 20;
+/// payloads reuses its buffer instead of allocating one per frame). A region keeps as much.
+pub(crate) const KEPT_CAPACITY: usize = region::KEPT;
 
 /// Gives back the memory of a buffer that a large frame grew, before a frame of `next` bytes.
 pub(crate) fn shrink_for(buf: &mut Vec<u8>, next: usize) {
@@ -121,11 +180,21 @@ fn body_len(prefix: [u8; LEN_PREFIX]) -> io::Result<usize> {
 /// Reads one frame body into `buf` from blocking `input` (the worker side).
 ///
 /// Returns `Ok(false)` on a clean end of input before a frame starts.
-pub(crate) fn read_frame(input: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<bool> {
+/// A body in `region` (a marker) is copied from it.
+pub(crate) fn read_frame(
+    input: &mut impl Read,
+    buf: &mut Vec<u8>,
+    region: Option<&mut Region>,
+) -> io::Result<bool> {
     let mut prefix = [0; LEN_PREFIX];
     match input.read(&mut prefix[..1])? {
         0 => return Ok(false),
         _ => input.read_exact(&mut prefix[1..])?,
+    }
+    if u32::from_le_bytes(prefix) == REGION_MARK {
+        let mut rest = [0; 16];
+        input.read_exact(&mut rest)?;
+        return from_region(region, rest, buf).map(|()| true);
     }
     let len = body_len(prefix)?;
     shrink_for(buf, len);
@@ -141,14 +210,21 @@ pub(crate) fn read_frame(input: &mut impl Read, buf: &mut Vec<u8>) -> io::Result
 /// Reads one frame body into `buf` from async `input` (the parent side).
 ///
 /// Returns `Ok(false)` on a clean end of input before a frame starts.
+/// A body in `region` (a marker) is copied from it.
 pub(crate) async fn read_frame_async(
     input: &mut (impl AsyncRead + Unpin),
     buf: &mut Vec<u8>,
+    region: Option<&mut Region>,
 ) -> io::Result<bool> {
     let mut prefix = [0; LEN_PREFIX];
     match input.read(&mut prefix[..1]).await? {
         0 => return Ok(false),
         _ => input.read_exact(&mut prefix[1..]).await?,
+    }
+    if u32::from_le_bytes(prefix) == REGION_MARK {
+        let mut rest = [0; 16];
+        input.read_exact(&mut rest).await?;
+        return from_region(region, rest, buf).map(|()| true);
     }
     let len = body_len(prefix)?;
     shrink_for(buf, len);
@@ -182,7 +258,7 @@ mod tests {
 
         let mut input = &buf[..];
         let mut body = Vec::new();
-        assert!(read_frame(&mut input, &mut body).unwrap());
+        assert!(read_frame(&mut input, &mut body, None).unwrap());
         assert!(input.is_empty(), "the whole frame was consumed");
         let (header, payload) = split::<ToWorker>(&body).unwrap();
         assert!(matches!(
@@ -201,10 +277,10 @@ mod tests {
     #[test]
     fn clean_eof_is_not_an_error_but_a_truncated_frame_is() {
         let mut body = Vec::new();
-        assert!(!read_frame(&mut &[][..], &mut body).unwrap());
+        assert!(!read_frame(&mut &[][..], &mut body, None).unwrap());
 
         let full = frame(&ToWorker::Shutdown);
-        let err = read_frame(&mut &full[..full.len() - 1], &mut body).unwrap_err();
+        let err = read_frame(&mut &full[..full.len() - 1], &mut body, None).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
@@ -212,7 +288,7 @@ mod tests {
     fn oversized_length_prefix_is_refused_without_allocating() {
         let prefix = ((MAX_FRAME_LEN + 1) as u32).to_le_bytes();
         let mut body = Vec::new();
-        let err = read_frame(&mut &prefix[..], &mut body).unwrap_err();
+        let err = read_frame(&mut &prefix[..], &mut body, None).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert_eq!(body.capacity(), 0);
     }
@@ -222,7 +298,7 @@ mod tests {
         let mut data = (MAX_FRAME_LEN as u32).to_le_bytes().to_vec();
         data.extend_from_slice(b"short");
         let mut body = Vec::new();
-        assert!(read_frame(&mut &data[..], &mut body).is_err());
+        assert!(read_frame(&mut &data[..], &mut body, None).is_err());
         assert!(body.capacity() <= 2 * GROW_STEP);
     }
 
@@ -247,6 +323,7 @@ mod tests {
                 remote: true,
                 target: "linux/x86_64".into(),
                 log_level: 3,
+                regions: Some((5, 6)),
             }),
             frame(&ToWorker::Credit { id: 4, items: 128 }),
             frame(&ToWorker::Stop { grace_ms: 5 }),
@@ -255,6 +332,7 @@ mod tests {
                 pid: 1,
                 build: 2,
                 host: "node1".into(),
+                regions: true,
             }),
             frame(&FromWorker::Refused {
                 reason: "no".into(),
@@ -299,7 +377,7 @@ mod tests {
     fn read_all(input: &[u8]) {
         let mut reader = input;
         let mut body = Vec::new();
-        while let Ok(true) = read_frame(&mut reader, &mut body) {
+        while let Ok(true) = read_frame(&mut reader, &mut body, None) {
             assert!(body.capacity() <= input.len() + 2 * GROW_STEP);
             let _ = split::<ToWorker>(&body);
             let _ = split::<FromWorker>(&body);
@@ -347,9 +425,9 @@ mod tests {
         input.extend_from_slice(&frame(&FromWorker::Done { id: 2 }));
         let mut reader = &input[..];
         let mut body = Vec::new();
-        assert!(read_frame(&mut reader, &mut body).unwrap());
+        assert!(read_frame(&mut reader, &mut body, None).unwrap());
         assert!(body.capacity() >= 4 * KEPT_CAPACITY);
-        assert!(read_frame(&mut reader, &mut body).unwrap());
+        assert!(read_frame(&mut reader, &mut body, None).unwrap());
         assert!(body.capacity() <= KEPT_CAPACITY, "{}", body.capacity());
         assert!(matches!(
             split::<FromWorker>(&body).unwrap().0,

@@ -24,6 +24,10 @@ pub(crate) enum ToWorker {
         /// number, 0 for none): records above it are not sent.
         #[serde(default)]
         log_level: u8,
+        /// For a local worker, the parent's descriptors of the shared memory for large frames
+        /// (see [`frame`](super::frame)): jobs to the worker, then replies from it.
+        #[serde(default)]
+        regions: Option<(i32, i32)>,
     },
     /// Run a job on the arguments that follow the header.
     Run(Run),
@@ -70,6 +74,10 @@ pub(crate) enum FromWorker {
         build: u64,
         #[serde(default)]
         host: String,
+        /// Whether it opened the parent's regions (large frames go through them from now on,
+        /// both ways).
+        #[serde(default)]
+        regions: bool,
     },
     /// The worker will not serve this parent; it exits after sending this.
     Refused { reason: String },

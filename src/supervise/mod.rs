@@ -19,6 +19,7 @@ use crate::launch::{Environment, Launched, Launcher, Process};
 use crate::protocol::build::target;
 use crate::protocol::event::{Credit, Report, Reports, Unwatched};
 use crate::protocol::{codec, frame, CodecFailure, FromWorker, Run, ToWorker};
+use crate::sys::region::Region;
 use crate::sys::wait::within;
 use crate::trace;
 
@@ -136,6 +137,10 @@ pub(crate) struct WorkerLink {
     output: BufReader<ChildStdout>,
     /// The body of the last frame read.
     buf: Vec<u8>,
+    /// For a local worker that opened them, the shared memory for large frames: jobs to it,
+    /// and replies from it (see [`frame`]).
+    jobs: Option<Region>,
+    replies: Option<Region>,
     /// The address-space cap it was given, to name in a `MemoryLimit` error.
     memory_limit: Option<u64>,
     /// Its stderr, until [`forward_stderr`](WorkerLink::forward_stderr) takes it.
@@ -183,6 +188,8 @@ impl Starting {
             input,
             output: BufReader::with_capacity(READ_BUFFER, output),
             buf: Vec::new(),
+            jobs: None,
+            replies: None,
             memory_limit: self.memory_limit,
             stderr,
             stderr_tail: None,
@@ -250,6 +257,13 @@ impl WorkerLink {
     }
 
     async fn greet(&mut self, expected_build: u64) -> io::Result<()> {
+        // Without them (no memfd here), every frame goes through the pipe.
+        let regions = match self.remote {
+            false => Region::create()
+                .and_then(|jobs| Ok((jobs, Region::create()?)))
+                .ok(),
+            true => None,
+        };
         let hello = frame::frame(&ToWorker::Hello {
             build: expected_build,
             parent: std::process::id(),
@@ -257,10 +271,13 @@ impl WorkerLink {
             remote: self.remote,
             target: target(),
             log_level: log::max_level() as u8,
+            regions: regions
+                .as_ref()
+                .map(|(jobs, replies)| (jobs.raw_fd(), replies.raw_fd())),
         });
         let who = self.who();
         let sent = self.input.write_all(&hello).await;
-        if !frame::read_frame_async(&mut self.output, &mut self.buf).await? {
+        if !frame::read_frame_async(&mut self.output, &mut self.buf, None).await? {
             return Err(self.exited_during_start_up().await);
         }
         sent?;
@@ -276,7 +293,20 @@ impl WorkerLink {
                 self.host = Some(host.into());
                 Ok(())
             }
-            Ok((FromWorker::Hello { pid: got, .. }, _)) if got == self.pid => Ok(()),
+            Ok((
+                FromWorker::Hello {
+                    pid: got,
+                    regions: opened,
+                    ..
+                },
+                _,
+            )) if got == self.pid => {
+                if let (Some((jobs, replies)), true) = (regions, opened) {
+                    self.jobs = Some(jobs);
+                    self.replies = Some(replies);
+                }
+                Ok(())
+            }
             Ok((FromWorker::Hello { pid: got, .. }, _)) => Err(io::Error::other(format!(
                 "{who} answered the handshake as process {got}: \
                  something between the parent and the worker is not the worker it started"
@@ -399,15 +429,20 @@ impl WorkerLink {
         Some(forward_stderr(stderr, tail, stderr_writer()))
     }
 
-    /// Writes one complete frame (a job) to the worker.
+    /// Writes one complete frame (a job) to the worker: a large one through shared memory if
+    /// it can.
     pub(crate) async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.input.write_all(frame).await
+        let body = &frame[frame::LEN_PREFIX..];
+        match frame::into_region(self.jobs.as_mut(), &[body]) {
+            Some(marker) => self.input.write_all(&marker).await,
+            None => self.input.write_all(frame).await,
+        }
     }
 
     /// Writes a job that is piped (jobs may be sent ahead behind it) to an idle worker.
     pub(crate) async fn send_piped(&mut self, frame: &[u8]) -> io::Result<()> {
         self.input.write_all(piped_marker(false)).await?;
-        self.input.write_all(frame).await
+        self.send(frame).await
     }
 
     /// Waits for the worker to write something, or to close its output, while it has no job:
@@ -433,7 +468,15 @@ impl WorkerLink {
         feed: &F,
     ) -> Result<Reply, Lost> {
         let pid = self.pid;
-        let read = read_reply(&mut self.output, &mut self.buf, id, pid, reports, feed);
+        let read = read_reply(
+            &mut self.output,
+            &mut self.buf,
+            self.replies.as_mut(),
+            id,
+            pid,
+            reports,
+            feed,
+        );
         // Written first: the worker may be waiting for credit while its reports keep coming.
         future::or(
             send_beside(&mut self.input, id, reports.credit(), feed),
@@ -446,7 +489,7 @@ impl WorkerLink {
     /// before them (whose reports, and whose answer if it was not read, are dropped).
     pub(crate) async fn ahead<F: Feed>(&mut self, feed: &F) -> Result<Ahead, Lost> {
         loop {
-            read_one(&mut self.output, &mut self.buf).await?;
+            read_one(&mut self.output, &mut self.buf, self.replies.as_mut()).await?;
             let (header, _) = frame::split::<FromWorker>(&self.buf)
                 .map_err(|e| Lost::Broken(format!("undecodable message: {e}")))?;
             return Ok(match header {
@@ -608,6 +651,7 @@ impl WorkerLink {
 async fn read_reply<R: Reports + ?Sized, F: Feed>(
     output: &mut BufReader<ChildStdout>,
     buf: &mut Vec<u8>,
+    mut replies: Option<&mut Region>,
     id: u64,
     pid: u32,
     reports: &R,
@@ -622,7 +666,7 @@ async fn read_reply<R: Reports + ?Sized, F: Feed>(
             unyielded = 0;
             future::yield_now().await;
         }
-        read_one(output, buf).await?;
+        read_one(output, buf, replies.as_deref_mut()).await?;
         let (header, payload) = frame::split::<FromWorker>(buf)
             .map_err(|e| Lost::Broken(format!("undecodable message: {e}")))?;
         let report = match header {
@@ -674,9 +718,13 @@ async fn read_reply<R: Reports + ?Sized, F: Feed>(
     }
 }
 
-/// Reads one frame into `buf`.
-async fn read_one(output: &mut BufReader<ChildStdout>, buf: &mut Vec<u8>) -> Result<(), Lost> {
-    match frame::read_frame_async(output, buf).await {
+/// Reads one frame into `buf` (from `replies` if it is there).
+async fn read_one(
+    output: &mut BufReader<ChildStdout>,
+    buf: &mut Vec<u8>,
+    replies: Option<&mut Region>,
+) -> Result<(), Lost> {
+    match frame::read_frame_async(output, buf, replies).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(Lost::Died),
         Err(err) if err.kind() == io::ErrorKind::InvalidData => Err(Lost::Broken(err.to_string())),
