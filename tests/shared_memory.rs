@@ -82,7 +82,7 @@ async fn echo_of(pool: &ProcessPool, data: &[u8]) -> (Vec<u8>, Option<u32>) {
 async fn large_payloads_cross_both_ways_without_the_pipe() {
     let pool = ProcessPool::new(1).unwrap();
     // Sizes around the threshold, and past what a region keeps between large frames.
-    for (seed, len) in [1, 200 << 10, 300 << 10, 3 << 20, 20 << 20, 10, 20 << 20]
+    for (seed, len) in [1, 60 << 10, 70 << 10, 3 << 20, 20 << 20, 10, 20 << 20]
         .into_iter()
         .enumerate()
     {

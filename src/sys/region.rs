@@ -15,8 +15,10 @@
 //! side's own growth) showed: no access can fault with `SIGBUS` for a truncated file. The
 //! sender reserves the pages with `fallocate` before it writes, so memory that runs out is
 //! an error of `put` (and the frame goes through the pipe), not a `SIGBUS` on a write.
-//! Like the pipe's frame buffers, a region that a large frame grew gives its pages past
-//! [`KEPT`] back when the next frame its sender sends is small (see [`Region::trim`]).
+//! A region that a large frame grew gives its pages past [`KEPT`] back once its sender has
+//! sent [`TRIM_AFTER`] small frames in a row (see [`Region::trim`]): a worker that once
+//! carried 256 MiB does not hold it for the rest of its life, and large frames with a few
+//! small ones between them (progress, the sizes of a benchmark) find their pages warm.
 
 use std::io;
 use std::ptr::NonNull;
@@ -31,12 +33,16 @@ const HEADER: usize = 64;
 
 /// Frame bodies of at least this many bytes go through a region (smaller ones are faster
 /// through the pipe; docs/performance.md has the measurements).
-pub(crate) const MIN_FRAME: usize = 256 * 1024;
+pub(crate) const MIN_FRAME: usize = 64 * 1024;
 
 /// How much of a region stays allocated once small frames follow large ones: pages beyond it
 /// are given back, so that a worker that once carried 256 MiB does not hold it for the rest
 /// of its life (the same as the pipe's frame buffers keep).
 pub(crate) const KEPT: usize = 1 << 20;
+
+/// How many small frames in a row its sender sends before a region gives back what a large
+/// one grew.
+const TRIM_AFTER: u32 = 64;
 
 /// Size a region starts with (the header and its first data page).
 const INITIAL: usize = 4096;
@@ -53,6 +59,8 @@ pub(crate) struct Region {
     /// The sender: how many bytes from the start it reserved with `fallocate` (and did not
     /// give back since).
     reserved: usize,
+    /// The sender: small frames sent through the pipe since the last large one.
+    small: u32,
 }
 
 // SAFETY: a `Region` owns its mapping (no other value refers to it, and it is unmapped only
@@ -104,6 +112,7 @@ impl Region {
             mapped: size,
             count: 0,
             reserved: 0,
+            small: 0,
         })
     }
 
@@ -170,6 +179,7 @@ impl Region {
             at += part.len();
         }
         self.count += 1;
+        self.small = 0;
         Ok(Some(self.count))
     }
 
@@ -212,12 +222,16 @@ impl Region {
         Ok(())
     }
 
-    /// The sender, as it sends a small frame through the pipe: gives back the pages past
-    /// [`KEPT`] that a large frame reserved, once the receiver took it (until then they may
-    /// still be read).
+    /// The sender, as it sends a small frame through the pipe: after [`TRIM_AFTER`] of them
+    /// in a row, gives back the pages past [`KEPT`] that a large frame reserved, once the
+    /// receiver took it (until then they may still be read).
     pub(crate) fn trim(&mut self) {
         let kept = (HEADER + KEPT).next_multiple_of(INITIAL);
-        if self.reserved <= kept || self.taken().load(Ordering::Acquire) != self.count {
+        if self.reserved <= kept {
+            return;
+        }
+        self.small = self.small.saturating_add(1);
+        if self.small < TRIM_AFTER || self.taken().load(Ordering::Acquire) != self.count {
             return;
         }
         let punched = rustix::fs::fallocate(
@@ -318,12 +332,14 @@ mod tests {
     }
 
     #[test]
-    fn a_small_frame_after_a_large_one_gives_its_pages_back_once_taken() {
+    fn small_frames_after_a_large_one_give_its_pages_back_once_taken() {
         let (mut sender, mut receiver) = pair();
         let large = vec![7; 3 * KEPT];
         let number = sender.put(&[&large]).unwrap().unwrap();
         assert!(sender.held() >= large.len());
-        sender.trim();
+        for _ in 0..TRIM_AFTER {
+            sender.trim();
+        }
         assert!(
             sender.held() >= large.len(),
             "kept until the receiver took it"
@@ -337,6 +353,11 @@ mod tests {
         let number = sender.put(&[&large]).unwrap().unwrap();
         receiver.take(number, large.len(), &mut buf).unwrap();
         assert_eq!(buf, large);
+        // A few small frames between large ones keep the pages.
+        for _ in 0..TRIM_AFTER - 1 {
+            sender.trim();
+        }
+        assert!(sender.held() >= large.len());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::io;
 
 /// As on Linux; unused, since no region is ever made here.
-pub(crate) const MIN_FRAME: usize = 256 * 1024;
+pub(crate) const MIN_FRAME: usize = 64 * 1024;
 
 /// As on Linux: what the pipe's frame buffers keep.
 pub(crate) const KEPT: usize = 1 << 20;
