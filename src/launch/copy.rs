@@ -24,9 +24,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
-use async_process::{ChildStdin, ChildStdout};
-use futures_lite::io::BufReader;
-use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
+use futures_lite::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::build::content_id;
 use crate::sys::exe::current_program;
@@ -161,8 +159,8 @@ pub(crate) enum Delivered {
 /// it. Bounded by `timeout` for each exchange of lines, and [`COPY_TIMEOUT`] for the bytes.
 pub(crate) async fn deliver(
     delivery: &Delivery,
-    input: &mut ChildStdin,
-    output: &mut BufReader<ChildStdout>,
+    input: &mut (impl AsyncWrite + Unpin),
+    output: &mut (impl AsyncBufRead + Unpin),
     timeout: Duration,
 ) -> Result<Delivered, Undelivered> {
     let mut turn = None;
@@ -202,7 +200,7 @@ pub(crate) async fn deliver(
 }
 
 /// Reads lines until one of the markers; `Ended` if the output closes first.
-async fn marker(output: &mut BufReader<ChildStdout>) -> Result<&'static str, Undelivered> {
+async fn marker(output: &mut (impl AsyncBufRead + Unpin)) -> Result<&'static str, Undelivered> {
     let mut read = 0;
     let mut line = Vec::new();
     loop {
@@ -228,7 +226,7 @@ async fn marker(output: &mut BufReader<ChildStdout>) -> Result<&'static str, Und
 }
 
 /// Writes this executable's bytes to the other side.
-async fn send_program(input: &mut ChildStdin) -> io::Result<()> {
+async fn send_program(input: &mut (impl AsyncWrite + Unpin)) -> io::Result<()> {
     let mut file = std::fs::File::open(current_program())?;
     let mut chunk = vec![0; CHUNK];
     loop {
@@ -252,6 +250,7 @@ fn timed_out(what: &str, limit: Duration) -> Undelivered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_lite::io::BufReader;
     use std::os::unix::fs::PermissionsExt;
     use std::path::{Path, PathBuf};
     use std::process::Stdio;

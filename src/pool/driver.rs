@@ -90,7 +90,7 @@ pub(crate) fn start(options: Options) -> Result<(Sender<Job>, Arc<PoolState>), E
                 Ok(workers) => {
                     let _ = ready.send(Ok(()));
                     let run = run(workers, options, queue, notice_queue, &driver_state);
-                    async_io::block_on(run);
+                    crate::sys::reactor::block_on(run);
                 }
                 // The processes started so far are killed and reaped by `kill_on_drop`.
                 Err(err) => drop(ready.send(Err(err))),

@@ -9,7 +9,6 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_process::{ChildStderr, ChildStdin, ChildStdout};
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, AsyncWriteExt};
 
@@ -19,6 +18,7 @@ use crate::launch::{Environment, Launched, Launcher, Process};
 use crate::protocol::build::target;
 use crate::protocol::event::{Credit, Report, Reports, Unwatched};
 use crate::protocol::{codec, frame, CodecFailure, FromWorker, Run, ToWorker};
+use crate::sys::reactor::Pipe;
 use crate::sys::region::Region;
 use crate::sys::wait::within;
 use crate::trace;
@@ -133,8 +133,8 @@ pub(crate) struct WorkerLink {
     /// worker is stopped by a message to its control thread.
     remote: bool,
     process: Process,
-    input: ChildStdin,
-    output: BufReader<ChildStdout>,
+    input: Pipe,
+    output: BufReader<Pipe>,
     /// The body of the last frame read.
     buf: Vec<u8>,
     /// For a local worker that opened them, the shared memory for large frames: jobs to it,
@@ -144,7 +144,7 @@ pub(crate) struct WorkerLink {
     /// The address-space cap it was given, to name in a `MemoryLimit` error.
     memory_limit: Option<u64>,
     /// Its stderr, until [`forward_stderr`](WorkerLink::forward_stderr) takes it.
-    stderr: Option<ChildStderr>,
+    stderr: Option<Pipe>,
     /// The end of what it wrote to its stderr, as [`forward_stderr`] keeps it.
     stderr_tail: Option<Arc<StderrTail>>,
     /// What started it, for start-up errors (see [`Launched::via`]).
@@ -180,6 +180,13 @@ impl Starting {
             delivery,
             via,
         } = self.launched;
+        // Registered with the driver's own poller (a failure drops `process`, which kills it).
+        let input = Pipe::new(rustix::fd::OwnedFd::try_from(input)?)?;
+        let output = Pipe::new(rustix::fd::OwnedFd::try_from(output)?)?;
+        let stderr = match stderr {
+            Some(stderr) => Some(Pipe::new(rustix::fd::OwnedFd::try_from(stderr)?)?),
+            None => None,
+        };
         let mut worker = WorkerLink {
             pid: process.pid(),
             host: None,
@@ -649,7 +656,7 @@ impl WorkerLink {
 
 /// Reads frames until the answer to job `id`, handing its reports on the way to `reports`.
 async fn read_reply<R: Reports + ?Sized, F: Feed>(
-    output: &mut BufReader<ChildStdout>,
+    output: &mut BufReader<Pipe>,
     buf: &mut Vec<u8>,
     mut replies: Option<&mut Region>,
     id: u64,
@@ -720,7 +727,7 @@ async fn read_reply<R: Reports + ?Sized, F: Feed>(
 
 /// Reads one frame into `buf` (from `replies` if it is there).
 async fn read_one(
-    output: &mut BufReader<ChildStdout>,
+    output: &mut BufReader<Pipe>,
     buf: &mut Vec<u8>,
     replies: Option<&mut Region>,
 ) -> Result<(), Lost> {
@@ -744,7 +751,7 @@ const REPORTS_PER_TURN: u32 = 64;
 /// should this future be dropped (the reply came) while it waits for room in the pipe, no
 /// part of a frame was written.
 async fn send_beside<F: Feed>(
-    input: &mut ChildStdin,
+    input: &mut Pipe,
     id: u64,
     credit: Option<&dyn Credit>,
     feed: &F,
@@ -835,7 +842,7 @@ impl StderrTail {
 /// Copies a worker's stderr to ours (through [`stderr_writer`], so that a parent's stderr that
 /// blocks never blocks the driver) until it ends, keeping its end in `tail`.
 async fn forward_stderr(
-    mut stderr: ChildStderr,
+    mut stderr: Pipe,
     tail: Arc<StderrTail>,
     writer: Option<async_channel::Sender<Vec<u8>>>,
 ) {

@@ -1,10 +1,11 @@
 //! Operating-system and runtime primitives that every other layer builds on: signalling a
 //! process through a pidfd, the executable's own path, waiting with a deadline, turning a
-//! panic into data, shared memory for large frames, and `SIGPIPE` for a worker that serves
+//! panic into data, the driver's own poller, shared memory for large frames, and `SIGPIPE` for a worker that serves
 //! before `main`.
 
 pub(crate) mod exe;
 pub(crate) mod panic;
+pub(crate) mod reactor;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) mod region;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]

@@ -1,0 +1,332 @@
+//! The driver thread's own poller, for the pipes of its workers.
+//!
+//! Under async-io's `block_on` (smol's, and the driver's before this), every thread that
+//! blocks competes for the one global reactor, and whichever holds it handles every event.
+//! A caller blocked in smol's `block_on` would then take a worker's answer, wake the driver
+//! thread to read it, and be woken again with the result: two more wake-ups per round trip
+//! than a caller under Tokio (docs/performance.md has the figures). So the driver blocks in
+//! [`block_on`] here, on a [`Poller`] of its own, and its workers' pipes are [`Pipe`]s
+//! registered with it: their events reach the driver thread directly, whatever the caller
+//! runs. What else the driver awaits (timers, a child's exit, channels) still wakes it
+//! through its waker, from whichever thread saw it.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use polling::{Event, Events, Poller};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// The poller of the thread that runs [`block_on`], and what waits on it.
+struct Reactor {
+    poller: Arc<Poller>,
+    /// Per registered pipe (its key is the index), the tasks waiting for it to be readable
+    /// and writable; `None` for a free slot.
+    sources: RefCell<Vec<Option<Source>>>,
+}
+
+#[derive(Default)]
+struct Source {
+    read: Option<Waker>,
+    write: Option<Waker>,
+}
+
+thread_local! {
+    /// The reactor of this thread, while it runs [`block_on`].
+    static CURRENT: RefCell<Option<Rc<Reactor>>> = const { RefCell::new(None) };
+}
+
+/// Wakes the thread blocked in [`block_on`].
+struct Notifier {
+    poller: Arc<Poller>,
+    /// Set when woken, cleared before each poll of the future.
+    woken: AtomicBool,
+}
+
+impl Wake for Notifier {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Only the first wake-up since the last poll needs to interrupt the wait.
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            // A failed notification leaves the thread in `wait`; it has no cause to fail.
+            let _ = self.poller.notify();
+        }
+    }
+}
+
+/// Runs `future` to completion on this thread, waiting in this thread's own poller between
+/// polls; [`Pipe`]s made inside it are registered with that poller. If no poller can be
+/// made (no descriptor left), runs it on async-io's `block_on`, where [`Pipe::new`] fails.
+pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
+    let poller = match Poller::new() {
+        Ok(poller) => Arc::new(poller),
+        Err(_) => return async_io::block_on(future),
+    };
+    let reactor = Rc::new(Reactor {
+        poller: poller.clone(),
+        sources: RefCell::new(Vec::new()),
+    });
+    CURRENT.with(|current| *current.borrow_mut() = Some(reactor.clone()));
+    // Unset on the way out, panics included.
+    struct Unset;
+    impl Drop for Unset {
+        fn drop(&mut self) {
+            CURRENT.with(|current| current.borrow_mut().take());
+        }
+    }
+    let _unset = Unset;
+    let notifier = Arc::new(Notifier {
+        poller,
+        woken: AtomicBool::new(true),
+    });
+    let waker = Waker::from(notifier.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    let mut events = Events::new();
+    loop {
+        if notifier.woken.swap(false, Ordering::AcqRel) {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+            // A wake-up during the poll sets `woken` again: poll at once.
+            if notifier.woken.load(Ordering::Acquire) {
+                continue;
+            }
+        }
+        events.clear();
+        // An error (EINTR) only returns early; the loop polls and waits again.
+        let _ = reactor.poller.wait(&mut events, None);
+        reactor.dispatch(&events);
+    }
+}
+
+impl Reactor {
+    /// Wakes the tasks waiting for the events that came.
+    fn dispatch(&self, events: &Events) {
+        let mut wakers = Vec::new();
+        {
+            let mut sources = self.sources.borrow_mut();
+            for event in events.iter() {
+                let Some(Some(source)) = sources.get_mut(event.key) else {
+                    continue;
+                };
+                // Both: the poller is one-shot, so an event disarms the interest of the other
+                // waiter too, which re-arms it when its attempt blocks again.
+                wakers.extend(source.read.take());
+                wakers.extend(source.write.take());
+            }
+        }
+        // Woken outside the borrow: a waker of this thread only sets `woken`, but keeps to
+        // the rule that no code runs under it.
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// Records that the task of `waker` waits for `key` to be readable (or writable), and
+    /// arms the poller for what is waited for now (it is one-shot).
+    fn wait_for(
+        &self,
+        key: usize,
+        fd: BorrowedFd<'_>,
+        write: bool,
+        waker: &Waker,
+    ) -> io::Result<()> {
+        let mut sources = self.sources.borrow_mut();
+        let source = sources[key].get_or_insert_with(Source::default);
+        let slot = if write {
+            &mut source.write
+        } else {
+            &mut source.read
+        };
+        match slot {
+            Some(old) if old.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+        let interest = Event::new(key, source.read.is_some(), source.write.is_some());
+        self.poller.modify(fd, interest)
+    }
+}
+
+/// A worker's pipe end, non-blocking, registered with the poller of the thread that made it
+/// (inside [`block_on`]), and only ever used on that thread (it is not `Send`).
+pub(crate) struct Pipe {
+    fd: OwnedFd,
+    key: usize,
+    reactor: Rc<Reactor>,
+}
+
+impl Pipe {
+    /// Registers `fd` (a pipe end) with this thread's poller, making it non-blocking. Fails
+    /// outside [`block_on`].
+    pub(crate) fn new(fd: impl Into<OwnedFd>) -> io::Result<Pipe> {
+        let fd = fd.into();
+        let reactor = CURRENT
+            .with(|current| current.borrow().clone())
+            .ok_or_else(|| io::Error::other("the pool's driver has no poller of its own"))?;
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        let key = {
+            let mut sources = reactor.sources.borrow_mut();
+            let key = match sources.iter().position(Option::is_none) {
+                Some(free) => free,
+                None => {
+                    sources.push(None);
+                    sources.len() - 1
+                }
+            };
+            sources[key] = Some(Source::default());
+            key
+        };
+        // SAFETY: `fd` is deleted from the poller in `Drop`, before it is closed (the
+        // `OwnedFd` field is dropped after `drop` returns), and `reactor`, held here, keeps
+        // the poller alive until then.
+        if let Err(err) = unsafe { reactor.poller.add(&fd, Event::none(key)) } {
+            reactor.sources.borrow_mut()[key] = None;
+            return Err(err);
+        }
+        Ok(Pipe { fd, key, reactor })
+    }
+
+    /// Polls `op` (a read or a write of the fd) until it does not block; registers the task
+    /// for the fd's readiness when it does.
+    fn poll_io(
+        &self,
+        cx: &mut Context<'_>,
+        write: bool,
+        mut op: impl FnMut(BorrowedFd<'_>) -> rustix::io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match op(self.fd.as_fd()) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => {}
+                Err(err) => return Poll::Ready(Err(err.into())),
+            }
+            // Armed after the attempt: readiness that came in between is reported at once
+            // by the (level-triggered) poller.
+            if let Err(err) = self
+                .reactor
+                .wait_for(self.key, self.fd.as_fd(), write, cx.waker())
+            {
+                return Poll::Ready(Err(err));
+            }
+            return Poll::Pending;
+        }
+    }
+}
+
+impl AsyncRead for Pipe {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, false, |fd| rustix::io::read(fd, &mut *buf))
+    }
+}
+
+impl AsyncWrite for Pipe {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, true, |fd| rustix::io::write(fd, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsFd for Pipe {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // A failure leaves nothing to undo: the fd is closed right after, which removes it
+        // from the epoll set as well.
+        let _ = self.reactor.poller.delete(&self.fd);
+        self.reactor.sources.borrow_mut()[self.key] = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+    fn pipe() -> (Pipe, Pipe) {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        (Pipe::new(read).unwrap(), Pipe::new(write).unwrap())
+    }
+
+    #[test]
+    fn a_read_waits_for_what_another_thread_writes() {
+        block_on(async {
+            let (mut read, write) = pipe();
+            // The write end leaves this thread as a plain descriptor.
+            let write = rustix::io::dup(&write).unwrap();
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                rustix::io::write(&write, b"hello").unwrap();
+            });
+            let mut got = [0; 5];
+            read.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"hello");
+            writer.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn a_full_pipe_takes_the_rest_once_it_is_read() {
+        block_on(async {
+            let (mut read, mut write) = pipe();
+            let data = vec![9u8; 1 << 20];
+            let sent = async {
+                write.write_all(&data).await.unwrap();
+                drop(write);
+            };
+            let received = async {
+                let mut all = Vec::new();
+                read.read_to_end(&mut all).await.unwrap();
+                all
+            };
+            let ((), all) = futures_lite::future::zip(sent, received).await;
+            assert_eq!(all, data);
+        });
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_ends_the_wait() {
+        let (send, recv) = async_channel::bounded::<u32>(1);
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            send.send_blocking(7).unwrap();
+        });
+        assert_eq!(block_on(recv.recv()).unwrap(), 7);
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn outside_block_on_a_pipe_cannot_be_made() {
+        let (read, _write) = rustix::pipe::pipe().unwrap();
+        assert!(Pipe::new(read).is_err());
+    }
+}
