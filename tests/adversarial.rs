@@ -120,7 +120,7 @@ async fn a_shared_memory_frame_out_of_turn_fails_the_task_with_protocol() {
 }
 
 async fn a_shared_memory_frame_past_its_region_fails_the_task_with_protocol() {
-    assert_protocol_failure(region_marker(1, 512 << 20), false, "past the end").await;
+    assert_protocol_failure(region_marker(1, 512 << 20), false, "in a region that holds").await;
 }
 
 async fn a_shared_memory_frame_over_the_cap_fails_the_task_with_protocol() {

@@ -247,8 +247,41 @@ async fn what_a_running_task_reports_reaches_the_parent() {
     }
 }
 
+/// How many shared-memory regions this worker holds.
+fn regions_held() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|link| link.to_string_lossy().starts_with("/memfd:offload-frames"))
+        .count()
+}
+
+fn echo(bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    bytes
+}
+
+/// A worker behind a launcher is remote as far as the parent knows: large frames go through
+/// its pipes, never through shared memory (which a remote host could not open).
+async fn large_frames_through_a_launcher_take_the_pipe() {
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .launcher(shell())
+        .build()
+        .unwrap();
+    let data = serde_bytes::ByteBuf::from(vec![5; 4 << 20]);
+    assert_eq!(pool.spawn(echo, data.clone()).await.unwrap(), data);
+    assert_eq!(pool.spawn(regions_held, ()).await.unwrap(), 0);
+    let local = ProcessPool::new(1).unwrap();
+    assert_eq!(
+        local.spawn(regions_held, ()).await.unwrap(),
+        2,
+        "a local worker has two"
+    );
+}
+
 fn main() {
     let scenarios = scenarios![
+        large_frames_through_a_launcher_take_the_pipe,
         workers_get_the_environment_and_directory_they_are_given,
         what_a_running_task_reports_reaches_the_parent,
         results_and_metadata_through_a_shell,

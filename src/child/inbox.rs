@@ -199,6 +199,10 @@ impl Inbox {
                 }
                 match frame::read_frame(&mut input.reader, &mut body, input.jobs.as_mut()) {
                     Ok(true) => self.take(&mut input, std::mem::take(&mut body)),
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        eprintln!("offload worker: a broken frame from the parent: {e}");
+                        kill_own_group()
+                    }
                     Ok(false) | Err(_) => {
                         self.input_ended();
                         ended = true;

@@ -46,29 +46,76 @@ const REGION_MARK: u32 = u32::MAX;
 /// The marker of a frame in shared memory: [`REGION_MARK`], the frame's number, its length.
 pub(crate) type RegionMarker = [u8; LEN_PREFIX + 16];
 
-/// Puts the frame body made of `parts` (without its length prefix) in `region` if it is
-/// large enough to gain from it and the region is free; returns the marker to write to the
-/// pipe in its place. `None`: write the frame itself.
-pub(crate) fn into_region(region: Option<&mut Region>, parts: &[&[u8]]) -> Option<RegionMarker> {
+/// How much of a large frame is copied to or from a region between two yields of the
+/// parent's driver thread, which serves every worker of its pool.
+const REGION_CHUNK: usize = 4 << 20;
+
+/// The region a frame body of `len` bytes goes through, if it is large enough to gain from
+/// one and the region is free (a small frame lets the region give memory back).
+fn region_for(region: Option<&mut Region>, len: usize) -> Option<&mut Region> {
     let region = region?;
-    let len: usize = parts.iter().map(|part| part.len()).sum();
     if len < region::MIN_FRAME {
         region.trim();
         return None;
     }
-    if len > MAX_FRAME_LEN {
-        return None;
-    }
-    let number = region.put(parts).ok()??;
+    (len <= MAX_FRAME_LEN && region.is_free()).then_some(region)
+}
+
+/// The pieces of the body made of `parts`, at most [`REGION_CHUNK`] bytes each, with where
+/// each starts in the body.
+fn chunks<'a>(parts: &'a [&'a [u8]]) -> impl Iterator<Item = (u64, &'a [u8])> + 'a {
+    let mut at = 0;
+    parts
+        .iter()
+        .flat_map(|part| part.chunks(REGION_CHUNK))
+        .map(move |chunk| {
+            let start = at;
+            at += chunk.len() as u64;
+            (start, chunk)
+        })
+}
+
+/// The marker of frame `number`, `len` bytes, in a region.
+fn marker(number: u64, len: usize) -> RegionMarker {
     let mut marker = [0; LEN_PREFIX + 16];
     marker[..LEN_PREFIX].copy_from_slice(&REGION_MARK.to_le_bytes());
     marker[LEN_PREFIX..LEN_PREFIX + 8].copy_from_slice(&number.to_le_bytes());
     marker[LEN_PREFIX + 8..].copy_from_slice(&(len as u64).to_le_bytes());
-    Some(marker)
+    marker
 }
 
-/// Copies the body a region marker announced (`rest`: the number and the length) into `buf`.
-fn from_region(region: Option<&mut Region>, rest: [u8; 16], buf: &mut Vec<u8>) -> io::Result<()> {
+/// Puts the frame body made of `parts` (without its length prefix) in `region` if it is
+/// large enough to gain from it and the region is free; returns the marker to write to the
+/// pipe in its place. `None` (also when the region could not take it, out of memory): write
+/// the frame itself.
+pub(crate) fn into_region(region: Option<&mut Region>, parts: &[&[u8]]) -> Option<RegionMarker> {
+    let len = parts.iter().map(|part| part.len()).sum();
+    let region = region_for(region, len)?;
+    for (at, chunk) in chunks(parts) {
+        region.write(at, chunk).ok()?;
+    }
+    Some(marker(region.commit(), len))
+}
+
+/// [`into_region`] for the parent's driver, which yields between chunks.
+pub(crate) async fn into_region_async(
+    region: Option<&mut Region>,
+    parts: &[&[u8]],
+) -> Option<RegionMarker> {
+    let len = parts.iter().map(|part| part.len()).sum();
+    let region = region_for(region, len)?;
+    for (at, chunk) in chunks(parts) {
+        region.write(at, chunk).ok()?;
+        futures_lite::future::yield_now().await;
+    }
+    // Dropped before here, nothing was committed and the region stays as it was. The
+    // marker is written next; a worker whose marker write was dropped is stopped.
+    Some(marker(region.commit(), len))
+}
+
+/// Checks a region marker (`rest`: the number and the length); returns the region it is in,
+/// the number and the length.
+fn announced(region: Option<&mut Region>, rest: [u8; 16]) -> io::Result<(&mut Region, u64, usize)> {
     let (number, len) = rest.split_at(8);
     let number = u64::from_le_bytes(number.try_into().expect("8 bytes"));
     let len = u64::from_le_bytes(len.try_into().expect("8 bytes"));
@@ -83,10 +130,47 @@ fn from_region(region: Option<&mut Region>, rest: [u8; 16], buf: &mut Vec<u8>) -
         })?;
     let region =
         region.ok_or_else(|| invalid("a frame in shared memory, which was not set up".into()))?;
+    region.check(number, len)?;
+    Ok((region, number, len))
+}
+
+/// A failure to copy a frame out of its region.
+fn unreadable(err: io::Error) -> io::Error {
+    match err.kind() {
+        io::ErrorKind::InvalidData => err,
+        _ => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame in shared memory could not be read: {err}"),
+        ),
+    }
+}
+
+/// Copies the body a region marker announced into `buf`.
+fn from_region(region: Option<&mut Region>, rest: [u8; 16], buf: &mut Vec<u8>) -> io::Result<()> {
+    let (region, number, len) = announced(region, rest)?;
     shrink_for(buf, len);
-    region
-        .take(number, len, buf)
-        .map_err(|e| invalid(format!("a frame in shared memory could not be read: {e}")))
+    buf.clear();
+    region.read(0, len, buf).map_err(unreadable)?;
+    region.taken_up_to(number).map_err(unreadable)
+}
+
+/// [`from_region`] for the parent's driver, which yields between chunks.
+async fn from_region_async(
+    region: Option<&mut Region>,
+    rest: [u8; 16],
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    let (region, number, len) = announced(region, rest)?;
+    shrink_for(buf, len);
+    buf.clear();
+    while buf.len() < len {
+        let at = buf.len();
+        region
+            .read(at as u64, (len - at).min(REGION_CHUNK), buf)
+            .map_err(unreadable)?;
+        futures_lite::future::yield_now().await;
+    }
+    region.taken_up_to(number).map_err(unreadable)
 }
 
 /// Bytes by which a receive buffer grows at most per read, so a length prefix alone never
@@ -224,7 +308,7 @@ pub(crate) async fn read_frame_async(
     if u32::from_le_bytes(prefix) == REGION_MARK {
         let mut rest = [0; 16];
         input.read_exact(&mut rest).await?;
-        return from_region(region, rest, buf).map(|()| true);
+        return from_region_async(region, rest, buf).await.map(|()| true);
     }
     let len = body_len(prefix)?;
     shrink_for(buf, len);

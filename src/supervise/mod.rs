@@ -40,6 +40,9 @@ const LAUNCHER_SAID: usize = 1000;
 const INIT_HINT: &str =
     "is it built with the before-main feature (the default), or does `main` call offload::init() first?";
 
+/// How long a worker is idle before its shared memory gives back what large frames grew.
+const IDLE_GIVE_BACK: Duration = Duration::from_secs(1);
+
 /// The job id of the initializer's run; task ids start at 1.
 const INIT_ID: u64 = 0;
 
@@ -440,7 +443,7 @@ impl WorkerLink {
     /// it can.
     pub(crate) async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         let body = &frame[frame::LEN_PREFIX..];
-        match frame::into_region(self.jobs.as_mut(), &[body]) {
+        match frame::into_region_async(self.jobs.as_mut(), &[body]).await {
             Some(marker) => self.input.write_all(&marker).await,
             None => self.input.write_all(frame).await,
         }
@@ -454,8 +457,25 @@ impl WorkerLink {
 
     /// Waits for the worker to write something, or to close its output, while it has no job:
     /// either breaks the protocol. Returns how many bytes it wrote (0: it closed its output).
+    ///
+    /// After [`IDLE_GIVE_BACK`] of it, its shared memory gives back what large frames grew.
     pub(crate) async fn unasked_output(&mut self) -> io::Result<usize> {
-        self.output.fill_buf().await.map(|b| b.len())
+        let (jobs, replies) = (&mut self.jobs, &mut self.replies);
+        let give_back = async {
+            if jobs.is_some() {
+                async_io::Timer::after(IDLE_GIVE_BACK).await;
+                // Neither side writes a region while the worker is idle.
+                jobs.iter_mut()
+                    .chain(replies.iter_mut())
+                    .for_each(Region::give_back);
+            }
+            future::pending().await
+        };
+        future::or(
+            async { self.output.fill_buf().await.map(|b| b.len()) },
+            give_back,
+        )
+        .await
     }
 
     /// The body of the last frame read: a `Done` reply's payload is in it from

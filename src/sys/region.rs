@@ -1,72 +1,54 @@
 //! Shared memory between a parent and one local worker, for frames too large for the pipe to
-//! carry quickly: a memfd that both map, one per direction, reused for every large frame.
+//! carry quickly: a memfd per direction, reused for every large frame, so that a frame costs
+//! one copy into it and one out, into pages that stay allocated between frames.
 //!
-//! The parent creates both memfds and seals them against shrinking (`F_SEAL_SHRINK`) before
-//! the worker knows of them; the worker opens them through `/proc/<parent>/fd/<n>`. The
-//! sender copies a frame body in after the header and says so on the pipe; the receiver
-//! copies it out and then stores the frame's number in the header's `taken`. The sender
-//! writes again only once `taken` says the last frame was copied out; until then a large
-//! frame goes through the pipe. So neither side ever reads bytes the other writes at the
-//! same time, unless the other breaks the protocol, and then the reader copies garbage into
-//! its own buffer (which the decoder rejects) but never touches memory it did not check
-//! (below).
+//! The parent creates both memfds, sealed against shrinking, before the worker knows of them;
+//! the worker opens them through `/proc/<parent>/fd/<n>`. The sender writes a frame body after
+//! the header and says so on the pipe; the receiver copies it out and then writes the frame's
+//! number into the header (`taken`). The sender writes the region again only once `taken`
+//! says the last frame was copied out; until then a large frame goes through the pipe.
 //!
-//! Since a memfd never shrinks, memory is only touched below a size that `fstat` (or this
-//! side's own growth) showed: no access can fault with `SIGBUS` for a truncated file. The
-//! sender reserves the pages with `fallocate` before it writes, so memory that runs out is
-//! an error of `put` (and the frame goes through the pipe), not a `SIGBUS` on a write.
-//! A region that a large frame grew gives its pages past [`KEPT`] back once its sender has
-//! sent [`TRIM_AFTER`] small frames in a row (see [`Region::trim`]): a worker that once
-//! carried 256 MiB does not hold it for the rest of its life, and large frames with a few
-//! small ones between them (progress, the sizes of a benchmark) find their pages warm.
+//! Neither side maps the memfd: bodies and the header move with `pwrite` and `pread`. So
+//! nothing the other side does to the memfd (growing it, punching holes in it, writing over a
+//! frame) can fault this process: a hole reads as zeros, memory that runs out is an error of
+//! the write (and the frame goes through the pipe), and a frame overwritten while it is read
+//! is garbage that the decoder rejects.
+//!
+//! A region gives the pages past [`KEPT`] back once its sender has sent [`TRIM_AFTER`] small
+//! frames in a row, or when the worker has been idle for a while ([`Region::give_back`]): a
+//! worker that once carried 256 MiB does not hold it for the rest of its life, and large
+//! frames with a few small ones between them (progress, a benchmark's sizes) find their pages
+//! allocated.
 
 use std::io;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::mem::MaybeUninit;
 
-use rustix::fd::{AsFd, AsRawFd, OwnedFd};
+use rustix::fd::{AsRawFd, OwnedFd};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
-use rustix::mm::{MapFlags, ProtFlags};
 
-/// Bytes at the front of a region: the `taken` counter, alone on its cache line.
-const HEADER: usize = 64;
+/// Bytes at the front of a region: the `taken` counter (a little-endian `u64`).
+const HEADER: u64 = 4096;
 
 /// Frame bodies of at least this many bytes go through a region (smaller ones are faster
 /// through the pipe; docs/performance.md has the measurements).
 pub(crate) const MIN_FRAME: usize = 64 * 1024;
 
-/// How much of a region stays allocated once small frames follow large ones: pages beyond it
-/// are given back, so that a worker that once carried 256 MiB does not hold it for the rest
-/// of its life (the same as the pipe's frame buffers keep).
+/// How much of a region stays allocated once small frames follow large ones, as the pipe's
+/// frame buffers keep.
 pub(crate) const KEPT: usize = 1 << 20;
 
 /// How many small frames in a row its sender sends before a region gives back what a large
 /// one grew.
 const TRIM_AFTER: u32 = 64;
 
-/// Size a region starts with (the header and its first data page).
-const INITIAL: usize = 4096;
-
 /// One direction of shared memory, as one side sees it.
 pub(crate) struct Region {
     fd: OwnedFd,
-    /// The start of this side's mapping of the memfd.
-    base: NonNull<u8>,
-    /// The length of the mapping; the memfd is at least this long (it never shrinks).
-    mapped: usize,
     /// The number of the last frame put in (sender) or copied out (receiver).
     count: u64,
-    /// The sender: how many bytes from the start it reserved with `fallocate` (and did not
-    /// give back since).
-    reserved: usize,
     /// The sender: small frames sent through the pipe since the last large one.
     small: u32,
 }
-
-// SAFETY: a `Region` owns its mapping (no other value refers to it, and it is unmapped only
-// in `Drop` or `remap`, which take `&mut self`), so moving it to another thread moves the only
-// handle to that memory; the memory itself is plain bytes and one atomic.
-unsafe impl Send for Region {}
 
 impl Region {
     /// Creates a region for the other side to open (the parent side): a memfd that can grow
@@ -76,9 +58,9 @@ impl Region {
             "offload-frames",
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
         )?;
-        rustix::fs::ftruncate(&fd, INITIAL as u64)?;
+        rustix::fs::ftruncate(&fd, HEADER)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::SEAL)?;
-        Region::map(fd)
+        Ok(Region::of(fd))
     }
 
     /// Opens the region that process `pid` created as its descriptor `fd` (the worker side).
@@ -94,26 +76,15 @@ impl Region {
                 "the region is not sealed against shrinking",
             ));
         }
-        Region::map(fd)
+        Ok(Region::of(fd))
     }
 
-    /// Maps all of `fd`, whose size is at least [`INITIAL`].
-    fn map(fd: OwnedFd) -> io::Result<Region> {
-        let size = file_size(&fd)?;
-        if size < INITIAL {
-            return Err(io::Error::other(format!(
-                "the region is {size} bytes, less than {INITIAL}"
-            )));
-        }
-        let base = map_shared(&fd, size)?;
-        Ok(Region {
+    fn of(fd: OwnedFd) -> Region {
+        Region {
             fd,
-            base,
-            mapped: size,
             count: 0,
-            reserved: 0,
             small: 0,
-        })
+        }
     }
 
     /// This side's descriptor number, for the other side to open.
@@ -121,167 +92,139 @@ impl Region {
         self.fd.as_raw_fd()
     }
 
-    fn taken(&self) -> &AtomicU64 {
-        // SAFETY: the mapping is at least `INITIAL` bytes (checked in `map`, and it only
-        // grows), so its first 8 bytes are in it; mmap returns page-aligned memory, so they
-        // are aligned for a `u64`; the memfd never shrinks, so they stay backed (no `SIGBUS`);
-        // and they are only ever accessed atomically, by both processes. The reference lives
-        // no longer than `&self`, during which the mapping is not unmapped.
-        unsafe { AtomicU64::from_ptr(self.base.as_ptr().cast()) }
+    /// The number of the last frame the receiver copied out; 0 if it cannot be read.
+    fn taken(&self) -> u64 {
+        let mut taken = [0; 8];
+        match rustix::io::pread(&self.fd, &mut taken, 0) {
+            Ok(8) => u64::from_le_bytes(taken),
+            _ => 0,
+        }
     }
 
-    /// Makes this side's mapping cover `size` bytes of the memfd, which is at least that long.
-    fn cover(&mut self, size: usize) -> io::Result<()> {
-        if self.mapped >= size {
-            return Ok(());
+    /// The sender: whether the receiver took the last frame, so that the next may be put in.
+    pub(crate) fn is_free(&self) -> bool {
+        self.taken() == self.count
+    }
+
+    /// The sender: writes `bytes` at `at` in the body of the next frame.
+    pub(crate) fn write(&mut self, mut at: u64, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match rustix::io::pwrite(&self.fd, bytes, HEADER + at) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    at += n as u64;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(err) => return Err(err.into()),
+            }
         }
-        let base = map_shared(&self.fd, size)?;
-        // SAFETY: `base`/`mapped` are the mapping this region made and nothing else refers
-        // to (no reference into it outlives a method call); it is replaced right after.
-        unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.mapped)? };
-        self.base = base;
-        self.mapped = size;
         Ok(())
     }
 
-    /// The sender: puts the frame body made of `parts` in the region, and returns its number,
-    /// if the receiver took the one before; `Ok(None)` if it did not yet (send this frame
-    /// through the pipe). An error (no memory for it) also means the pipe.
-    pub(crate) fn put(&mut self, parts: &[&[u8]]) -> io::Result<Option<u64>> {
-        if self.taken().load(Ordering::Acquire) != self.count {
-            return Ok(None);
-        }
-        let len: usize = parts.iter().map(|part| part.len()).sum();
-        let need = HEADER + len;
-        let size = file_size(&self.fd)?;
-        if size < need {
-            let grown = need.max(size.saturating_mul(2)).next_multiple_of(INITIAL);
-            rustix::fs::ftruncate(&self.fd, grown as u64)?;
-        }
-        if self.reserved < need {
-            // Reserves the pages, so that running out of memory is this error and not a
-            // `SIGBUS` on a write below. Only the sender gives pages back (`trim`), so they
-            // stay reserved until it does.
-            rustix::fs::fallocate(&self.fd, FallocateFlags::KEEP_SIZE, 0, need as u64)?;
-            self.reserved = need;
-        }
-        self.cover(file_size(&self.fd)?.max(need))?;
-        let mut at = HEADER;
-        for part in parts {
-            // SAFETY: `at + part.len() <= need <= mapped`, so the destination is inside the
-            // mapping, which the memfd backs (it is at least `need` long, and never shrinks)
-            // with pages just reserved; the receiver does not read it until the frame is
-            // announced (it took the last frame, `taken == count`); `part` is this process's
-            // own memory, so the two do not overlap.
-            unsafe {
-                std::ptr::copy_nonoverlapping(part.as_ptr(), self.base.as_ptr().add(at), part.len())
-            };
-            at += part.len();
-        }
+    /// The sender: the body written is the next frame; returns its number, for the marker.
+    pub(crate) fn commit(&mut self) -> u64 {
         self.count += 1;
         self.small = 0;
-        Ok(Some(self.count))
+        self.count
     }
 
-    /// The receiver: copies frame `number`, `len` bytes, into `buf` (cleared first), and tells
-    /// the sender it was taken.
-    pub(crate) fn take(&mut self, number: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+    /// The receiver: checks that frame `number` is the next one, and that the region holds
+    /// memory for its `len` bytes: as through the pipe, a sender cannot make the receiver
+    /// allocate more than it wrote (a hole would read as zeros without costing it anything).
+    pub(crate) fn check(&self, number: u64, len: usize) -> io::Result<()> {
+        let invalid = |msg| Err(io::Error::new(io::ErrorKind::InvalidData, msg));
         if number != self.count + 1 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "shared-memory frame {number} announced, {} expected",
-                    self.count + 1
-                ),
+            let expected = self.count + 1;
+            return invalid(format!(
+                "shared-memory frame {number} announced, {expected} expected"
             ));
         }
-        let need = HEADER
-            .checked_add(len)
-            .filter(|&need| need <= file_size(&self.fd).unwrap_or(0))
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("shared-memory frame of {len} bytes, past the end of the region"),
-                )
-            })?;
-        self.cover(need)?;
-        buf.clear();
-        buf.reserve_exact(len);
-        // SAFETY: the source, `HEADER..need`, is inside the mapping (`cover`) and backed by
-        // the memfd, which is at least `need` long (checked above) and never shrinks (its
-        // seal); holes read as zeros. The sender does not write it until `taken` says this
-        // frame was copied (below); a sender that breaks that only changes which bytes are
-        // copied. The destination is `buf`'s spare capacity, at least `len` bytes, this
-        // process's own memory; `set_len` follows the copy that initialised those bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.base.as_ptr().add(HEADER), buf.as_mut_ptr(), len);
-            buf.set_len(len);
+        let held = rustix::fs::fstat(&self.fd)?.st_blocks as u64 * 512;
+        if held < len as u64 {
+            return invalid(format!(
+                "a shared-memory frame of {len} bytes, in a region that holds {held}"
+            ));
         }
-        self.count = number;
-        self.taken().store(number, Ordering::Release);
         Ok(())
+    }
+
+    /// The receiver: appends `len` bytes from `at` in the body of the next frame to `buf`.
+    pub(crate) fn read(&self, mut at: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.reserve_exact(len);
+        let end = buf.len() + len;
+        while buf.len() < end {
+            let want = end - buf.len();
+            let spare: &mut [MaybeUninit<u8>] = &mut buf.spare_capacity_mut()[..want];
+            let read = match rustix::io::pread(&self.fd, spare, HEADER + at) {
+                Ok((init, _)) => init.len(),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(err) => return Err(err.into()),
+            };
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a shared-memory frame runs past the end of its region",
+                ));
+            }
+            // SAFETY: `pread` initialised the first `read` bytes of the spare capacity (the
+            // slice it returned is those bytes), and `read <= want`, which is within the
+            // capacity reserved above; so the first `len() + read` elements are initialised.
+            unsafe { buf.set_len(buf.len() + read) };
+            at += read as u64;
+        }
+        Ok(())
+    }
+
+    /// The receiver: frame `number` was copied out; the sender may write the next.
+    pub(crate) fn taken_up_to(&mut self, number: u64) -> io::Result<()> {
+        self.count = number;
+        match rustix::io::pwrite(&self.fd, &number.to_le_bytes(), 0)? {
+            8 => Ok(()),
+            _ => Err(io::ErrorKind::WriteZero.into()),
+        }
     }
 
     /// The sender, as it sends a small frame through the pipe: after [`TRIM_AFTER`] of them
-    /// in a row, gives back the pages past [`KEPT`] that a large frame reserved, once the
-    /// receiver took it (until then they may still be read).
+    /// in a row, gives back what a large frame grew.
     pub(crate) fn trim(&mut self) {
-        let kept = (HEADER + KEPT).next_multiple_of(INITIAL);
-        if self.reserved <= kept {
+        if self.small < TRIM_AFTER {
+            self.small += 1;
+            if self.small == TRIM_AFTER {
+                self.give_back();
+            }
+        }
+    }
+
+    /// Gives back the pages past [`KEPT`], if the last frame was taken (until then they may
+    /// still be read). The parent calls it for both regions of a worker that has been idle
+    /// for a while: an idle worker writes neither.
+    pub(crate) fn give_back(&mut self) {
+        let Ok(stat) = rustix::fs::fstat(&self.fd) else {
+            return;
+        };
+        let kept = HEADER + KEPT as u64;
+        let held = stat.st_blocks as u64 * 512;
+        if held <= kept || stat.st_size as u64 <= kept || self.taken() != self.count {
             return;
         }
-        self.small = self.small.saturating_add(1);
-        if self.small < TRIM_AFTER || self.taken().load(Ordering::Acquire) != self.count {
-            return;
-        }
-        let punched = rustix::fs::fallocate(
+        // A failure leaves the pages allocated; the next chance tries again.
+        let _ = rustix::fs::fallocate(
             &self.fd,
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-            kept as u64,
-            (self.reserved.next_multiple_of(INITIAL) - kept) as u64,
+            kept,
+            stat.st_size as u64 - kept,
         );
-        // A failure leaves them reserved, and they are tried again with the next small frame.
-        if punched.is_ok() {
-            self.reserved = kept;
-        }
     }
 
-    /// The sender: bytes of memory the region holds (reserved, not given back).
+    /// Bytes of memory the region holds.
     #[cfg(test)]
-    fn held(&self) -> usize {
-        let blocks = rustix::fs::fstat(&self.fd)
+    fn held(&self) -> u64 {
+        rustix::fs::fstat(&self.fd)
             .expect("fstat of a memfd")
-            .st_blocks;
-        blocks as usize * 512
+            .st_blocks as u64
+            * 512
     }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: the mapping this region made, referred to by nothing else (see `cover`).
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.mapped) };
-    }
-}
-
-fn file_size(fd: impl AsFd) -> io::Result<usize> {
-    Ok(rustix::fs::fstat(fd)?.st_size as usize)
-}
-
-/// Maps `len` bytes of `fd`, shared and writable.
-fn map_shared(fd: &OwnedFd, len: usize) -> io::Result<NonNull<u8>> {
-    // SAFETY: a new mapping at an address the kernel picks (null hint), so it replaces no
-    // existing memory of this process.
-    let base = unsafe {
-        rustix::mm::mmap(
-            std::ptr::null_mut(),
-            len,
-            ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::SHARED,
-            fd,
-            0,
-        )?
-    };
-    NonNull::new(base.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
 }
 
 #[cfg(test)]
@@ -295,75 +238,115 @@ mod tests {
         (sender, receiver)
     }
 
+    /// Sends `body` whole, if the region is free; returns its number.
+    fn put(sender: &mut Region, body: &[u8]) -> Option<u64> {
+        if !sender.is_free() {
+            return None;
+        }
+        let half = body.len() / 2;
+        sender.write(0, &body[..half]).unwrap();
+        sender.write(half as u64, &body[half..]).unwrap();
+        Some(sender.commit())
+    }
+
+    fn take(receiver: &mut Region, number: u64, len: usize) -> io::Result<Vec<u8>> {
+        receiver.check(number, len)?;
+        let mut buf = b"kept".to_vec();
+        receiver.read(0, len, &mut buf)?;
+        receiver.taken_up_to(number)?;
+        Ok(buf.split_off(4))
+    }
+
     #[test]
     fn frames_cross_in_order_and_the_region_grows() {
         let (mut sender, mut receiver) = pair();
-        let mut buf = Vec::new();
         for len in [10, 5000, 3 << 20, 100] {
             let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let number = sender
-                .put(&[&body[..len / 2], &body[len / 2..]])
-                .unwrap()
-                .unwrap();
-            receiver.take(number, len, &mut buf).unwrap();
-            assert_eq!(buf, body);
+            let number = put(&mut sender, &body).unwrap();
+            assert_eq!(take(&mut receiver, number, len).unwrap(), body);
         }
     }
 
     #[test]
     fn a_frame_not_taken_yet_keeps_the_next_one_out() {
         let (mut sender, mut receiver) = pair();
-        let first = sender.put(&[b"first"]).unwrap().unwrap();
-        assert_eq!(sender.put(&[b"second"]).unwrap(), None);
-        let mut buf = Vec::new();
-        receiver.take(first, 5, &mut buf).unwrap();
-        assert!(sender.put(&[b"second"]).unwrap().is_some());
+        let first = put(&mut sender, b"first").unwrap();
+        assert_eq!(put(&mut sender, b"second"), None);
+        take(&mut receiver, first, 5).unwrap();
+        assert!(put(&mut sender, b"second").is_some());
     }
 
     #[test]
-    fn a_frame_out_of_order_or_past_the_end_is_refused() {
+    fn a_frame_out_of_turn_or_past_the_end_is_refused() {
         let (mut sender, mut receiver) = pair();
-        let number = sender.put(&[b"body"]).unwrap().unwrap();
-        let mut buf = Vec::new();
-        assert!(receiver.take(number + 1, 4, &mut buf).is_err());
-        assert!(receiver.take(number, 1 << 40, &mut buf).is_err());
-        receiver.take(number, 4, &mut buf).unwrap();
-        assert_eq!(buf, b"body");
+        let number = put(&mut sender, b"body").unwrap();
+        assert!(take(&mut receiver, number + 1, 4).is_err());
+        assert!(take(&mut receiver, number, 1 << 20).is_err());
+        assert_eq!(take(&mut receiver, number, 4).unwrap(), b"body");
     }
 
     #[test]
     fn small_frames_after_a_large_one_give_its_pages_back_once_taken() {
         let (mut sender, mut receiver) = pair();
         let large = vec![7; 3 * KEPT];
-        let number = sender.put(&[&large]).unwrap().unwrap();
-        assert!(sender.held() >= large.len());
+        let number = put(&mut sender, &large).unwrap();
+        assert!(sender.held() >= large.len() as u64);
         for _ in 0..TRIM_AFTER {
             sender.trim();
         }
         assert!(
-            sender.held() >= large.len(),
+            sender.held() >= large.len() as u64,
             "kept until the receiver took it"
         );
-        let mut buf = Vec::new();
-        receiver.take(number, large.len(), &mut buf).unwrap();
-        sender.trim();
-        let kept = (HEADER + KEPT).next_multiple_of(INITIAL);
-        assert!(sender.held() <= kept, "{} bytes held", sender.held());
+        take(&mut receiver, number, large.len()).unwrap();
+        sender.give_back();
+        assert!(
+            sender.held() <= HEADER + KEPT as u64,
+            "{} bytes held",
+            sender.held()
+        );
         // The region still serves, and frames past the kept part arrive whole.
-        let number = sender.put(&[&large]).unwrap().unwrap();
-        receiver.take(number, large.len(), &mut buf).unwrap();
-        assert_eq!(buf, large);
+        let number = put(&mut sender, &large).unwrap();
+        assert_eq!(take(&mut receiver, number, large.len()).unwrap(), large);
         // A few small frames between large ones keep the pages.
         for _ in 0..TRIM_AFTER - 1 {
             sender.trim();
         }
-        assert!(sender.held() >= large.len());
+        assert!(sender.held() >= large.len() as u64);
+        sender.trim();
+        assert!(sender.held() <= HEADER + KEPT as u64);
+    }
+
+    #[test]
+    fn what_the_other_side_does_to_the_memfd_only_spoils_the_frame() {
+        let (mut sender, mut receiver) = pair();
+        let first = put(&mut sender, &vec![1; 2 * KEPT]).unwrap();
+        // The other side grows the memfd far past memory, and punches a page out of the frame.
+        rustix::fs::ftruncate(&receiver.fd, 1 << 46).unwrap();
+        rustix::fs::fallocate(
+            &receiver.fd,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            HEADER + 4096,
+            4096,
+        )
+        .unwrap();
+        // A frame announced past what the region holds is refused before it is read.
+        let err = take(&mut receiver, first, 1 << 30).unwrap_err();
+        assert!(err.to_string().contains("holds"), "{err}");
+        // One it holds memory for reads as what is there, the hole as zeros.
+        let mut expected = vec![1; 2 * KEPT - 4096];
+        expected[4096..8192].fill(0);
+        assert_eq!(
+            take(&mut receiver, first, expected.len()).unwrap(),
+            expected
+        );
+        let number = put(&mut sender, b"next").unwrap();
+        assert_eq!(take(&mut receiver, number, 4).unwrap(), b"next");
     }
 
     #[test]
     fn a_memfd_that_may_shrink_is_not_opened() {
         let fd = rustix::fs::memfd_create("offload-test", MemfdFlags::CLOEXEC).unwrap();
-        rustix::fs::ftruncate(&fd, INITIAL as u64).unwrap();
         assert!(Region::open(std::process::id(), fd.as_raw_fd()).is_err());
     }
 }

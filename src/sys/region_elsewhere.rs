@@ -26,15 +26,35 @@ impl Region {
         match self.0 {}
     }
 
-    pub(crate) fn put(&mut self, _parts: &[&[u8]]) -> io::Result<Option<u64>> {
+    pub(crate) fn is_free(&self) -> bool {
         match self.0 {}
     }
 
-    pub(crate) fn take(&mut self, _number: u64, _len: usize, _buf: &mut Vec<u8>) -> io::Result<()> {
+    pub(crate) fn write(&mut self, _at: u64, _bytes: &[u8]) -> io::Result<()> {
+        match self.0 {}
+    }
+
+    pub(crate) fn commit(&mut self) -> u64 {
+        match self.0 {}
+    }
+
+    pub(crate) fn check(&self, _number: u64, _len: usize) -> io::Result<()> {
+        match self.0 {}
+    }
+
+    pub(crate) fn read(&self, _at: u64, _len: usize, _buf: &mut Vec<u8>) -> io::Result<()> {
+        match self.0 {}
+    }
+
+    pub(crate) fn taken_up_to(&mut self, _number: u64) -> io::Result<()> {
         match self.0 {}
     }
 
     pub(crate) fn trim(&mut self) {
+        match self.0 {}
+    }
+
+    pub(crate) fn give_back(&mut self) {
         match self.0 {}
     }
 }
