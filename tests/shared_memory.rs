@@ -107,6 +107,27 @@ fn regions_hold(needle: Vec<u8>) -> Vec<bool> {
         .collect()
 }
 
+/// The inode numbers of this worker's regions.
+fn region_inodes() -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    regions()
+        .iter()
+        .map(|region| region.metadata().unwrap().ino())
+        .collect()
+}
+
+/// The memory the regions with inode numbers `inodes` hold, in bytes, seen from the parent
+/// (which holds every region's memfd) without a word to their worker.
+fn memory_in(inodes: &[u64]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::metadata(fd.ok()?.path()).ok())
+        .filter(|memfd| inodes.contains(&memfd.ino()))
+        .map(|memfd| memfd.blocks() * 512)
+        .sum()
+}
+
 async fn echo_of(pool: &ProcessPool, data: &[u8]) -> (Vec<u8>, Option<u32>) {
     let mut task = pool.spawn(echo, ByteBuf::from(data.to_vec()));
     let back = (&mut task).await.unwrap().into_vec();
@@ -143,6 +164,25 @@ async fn large_payloads_cross_both_ways_without_the_pipe() {
             }
         }
     }
+}
+
+async fn an_idle_worker_gives_back_what_large_frames_grew() {
+    let pool = ProcessPool::new(1).unwrap();
+    let inodes = pool.spawn(region_inodes, ()).await.unwrap();
+    assert_eq!(inodes.len(), 2);
+    let data = bytes(1, 16 << 20);
+    assert!(echo_of(&pool, &data).await.0 == data);
+    let grown = memory_in(&inodes);
+    assert!(
+        grown >= 2 * data.len() as u64,
+        "{grown} bytes for 16 MiB each way"
+    );
+    // Each region keeps 1 MiB and its header page.
+    common::eventually("the idle worker's regions give their memory back", || {
+        memory_in(&inodes) <= 2 * ((1 << 20) + 4096)
+    })
+    .await;
+    assert!(echo_of(&pool, &data).await.0 == data, "and still serve");
 }
 
 async fn a_stream_of_large_items_arrives_whole_and_in_order() {
@@ -194,7 +234,10 @@ async fn what_a_task_does_to_the_shared_memory_harms_no_one_else() {
 }
 
 fn main() {
-    let both_ways = scenarios![large_payloads_cross_both_ways_without_the_pipe];
+    let both_ways = scenarios![
+        large_payloads_cross_both_ways_without_the_pipe,
+        an_idle_worker_gives_back_what_large_frames_grew,
+    ];
     let scenarios = scenarios![
         a_stream_of_large_items_arrives_whole_and_in_order,
         a_worker_that_dies_holding_a_large_frame_is_replaced,

@@ -461,8 +461,10 @@ impl WorkerLink {
     /// After [`IDLE_GIVE_BACK`] of it, its shared memory gives back what large frames grew.
     pub(crate) async fn unasked_output(&mut self) -> io::Result<usize> {
         let (jobs, replies) = (&mut self.jobs, &mut self.replies);
+        let grown = jobs.iter().chain(replies.iter()).any(Region::grown);
         let give_back = async {
-            if jobs.is_some() {
+            // No timer for a worker whose frames stayed small: the common case costs nothing.
+            if grown {
                 async_io::Timer::after(IDLE_GIVE_BACK).await;
                 // Neither side writes a region while the worker is idle.
                 jobs.iter_mut()

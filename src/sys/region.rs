@@ -48,6 +48,8 @@ pub(crate) struct Region {
     count: u64,
     /// The sender: small frames sent through the pipe since the last large one.
     small: u32,
+    /// Whether a frame reached past [`KEPT`] since the region last gave memory back.
+    grown: bool,
 }
 
 impl Region {
@@ -84,6 +86,7 @@ impl Region {
             fd,
             count: 0,
             small: 0,
+            grown: false,
         }
     }
 
@@ -108,6 +111,7 @@ impl Region {
 
     /// The sender: writes `bytes` at `at` in the body of the next frame.
     pub(crate) fn write(&mut self, mut at: u64, mut bytes: &[u8]) -> io::Result<()> {
+        self.grown |= at + bytes.len() as u64 > KEPT as u64;
         while !bytes.is_empty() {
             match rustix::io::pwrite(&self.fd, bytes, HEADER + at) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -150,7 +154,8 @@ impl Region {
     }
 
     /// The receiver: appends `len` bytes from `at` in the body of the next frame to `buf`.
-    pub(crate) fn read(&self, mut at: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+    pub(crate) fn read(&mut self, mut at: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+        self.grown |= at + len as u64 > KEPT as u64;
         buf.reserve_exact(len);
         let end = buf.len() + len;
         while buf.len() < end {
@@ -196,16 +201,25 @@ impl Region {
         }
     }
 
+    /// Whether a frame reached past [`KEPT`] since the region last gave memory back.
+    pub(crate) fn grown(&self) -> bool {
+        self.grown
+    }
+
     /// Gives back the pages past [`KEPT`], if the last frame was taken (until then they may
     /// still be read). The parent calls it for both regions of a worker that has been idle
     /// for a while: an idle worker writes neither.
     pub(crate) fn give_back(&mut self) {
+        if self.taken() != self.count {
+            return;
+        }
         let Ok(stat) = rustix::fs::fstat(&self.fd) else {
             return;
         };
+        self.grown = false;
         let kept = HEADER + KEPT as u64;
         let held = stat.st_blocks as u64 * 512;
-        if held <= kept || stat.st_size as u64 <= kept || self.taken() != self.count {
+        if held <= kept || stat.st_size as u64 <= kept {
             return;
         }
         // A failure leaves the pages allocated; the next chance tries again.
@@ -213,7 +227,8 @@ impl Region {
             &self.fd,
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
             kept,
-            stat.st_size as u64 - kept,
+            // To the end of the last page, which a punch that ends inside it would only zero.
+            (stat.st_size as u64 - kept).next_multiple_of(4096),
         );
     }
 

@@ -42,7 +42,7 @@ impl Region {
         match self.0 {}
     }
 
-    pub(crate) fn read(&self, _at: u64, _len: usize, _buf: &mut Vec<u8>) -> io::Result<()> {
+    pub(crate) fn read(&mut self, _at: u64, _len: usize, _buf: &mut Vec<u8>) -> io::Result<()> {
         match self.0 {}
     }
 
@@ -51,6 +51,10 @@ impl Region {
     }
 
     pub(crate) fn trim(&mut self) {
+        match self.0 {}
+    }
+
+    pub(crate) fn grown(&self) -> bool {
         match self.0 {}
     }
 
