@@ -51,9 +51,13 @@
 //!
 //! # Implementation
 //!
-//! - Each pool starts one thread, named `offload-driver`, which runs `async_io::block_on` over
-//!   all of the pool's pipes, queue and worker supervision. A [`ProcessTask`] is only shared
-//!   state and a waker, so it works under smol, async-std, Tokio or none.
+//! - Each pool starts one thread, named `offload-driver`, which blocks on a poller of its own
+//!   over all of the pool's pipes, queue and worker supervision. A [`ProcessTask`] is only
+//!   shared state and a waker, so it works under smol, async-std, Tokio or none.
+//! - Between the parent and a local worker, frames of 64 KiB or more (large arguments and
+//!   results) go through shared memory, a memfd each way that the parent creates and the
+//!   worker opens through `/proc`; the pipe carries only a marker. Remote workers, and a
+//!   worker that cannot open them, use the pipe for everything.
 //! - Workers are started as `/proc/self/exe --worker` (the current executable elsewhere), in a
 //!   process group of their own, with the parent's environment and stderr. They exit when their
 //!   stdin closes, and on Linux they are killed when the parent dies (`PR_SET_PDEATHSIG`).

@@ -15,7 +15,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
 use futures_lite::future;
 
 use super::driver::Driver;
@@ -284,9 +283,7 @@ impl<'a> Pipeline<'a> {
         };
         let slow = async {
             match slow_at {
-                Some(at) => {
-                    Timer::at(at).await;
-                }
+                Some(at) => crate::sys::reactor::sleep_until(at).await,
                 None => future::pending().await,
             }
         };

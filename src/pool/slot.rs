@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
 use futures_lite::future;
 
 use super::backlog::Backlog;
@@ -23,6 +22,7 @@ use super::state::Gauge;
 use super::submit::Job;
 use crate::error::TaskError;
 use crate::supervise::{Ahead, Lost, Reply, Starting, WorkerLink};
+use crate::sys::reactor::{sleep, sleep_until};
 use crate::sys::wait::within;
 use crate::task::shared::{report_start, until_finished};
 use crate::task::TaskStatus;
@@ -87,7 +87,7 @@ pub(crate) async fn slot(
                 counters.start_failures.fetch_add(1, Ordering::Relaxed);
                 match driver.breaker.failed(probe) {
                     AfterFailure::Retry(pause) => {
-                        Timer::after(pause).await;
+                        sleep(pause).await;
                     }
                     AfterFailure::Open => {}
                     AfterFailure::Tripped => {
@@ -175,7 +175,7 @@ async fn turn(driver: &Driver, elastic: bool, waiting: &mut Option<Job>) -> Opti
                 return Some(true);
             }
             let back_off = async {
-                Timer::at(until).await;
+                sleep_until(until).await;
             };
             // A job cancelled during the back-off needs no worker; a closed queue, none at all.
             let job_ended = until_finished(&*job.task);

@@ -465,7 +465,9 @@ impl WorkerLink {
         let give_back = async {
             // No timer for a worker whose frames stayed small: the common case costs nothing.
             if grown {
-                async_io::Timer::after(IDLE_GIVE_BACK).await;
+                // The driver's own timer: one of async-io's would wake the thread that
+                // holds its reactor (a caller under smol) at every idle period.
+                crate::sys::reactor::sleep(IDLE_GIVE_BACK).await;
                 // Neither side writes a region while the worker is idle.
                 jobs.iter_mut()
                     .chain(replies.iter_mut())

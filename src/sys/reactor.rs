@@ -7,10 +7,12 @@
 //! than a caller under Tokio (docs/performance.md has the figures). So the driver blocks in
 //! [`block_on`] here, on a [`Poller`] of its own, and its workers' pipes are [`Pipe`]s
 //! registered with it: their events reach the driver thread directly, whatever the caller
-//! runs. What else the driver awaits (timers, a child's exit, channels) still wakes it
-//! through its waker, from whichever thread saw it.
+//! runs. Its own timers ([`sleep`]) are kept here too, so that arming one costs no word to
+//! another thread. What else the driver awaits (async-io timers, a child's exit, channels)
+//! still wakes it through its waker, from whichever thread saw it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
@@ -18,6 +20,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use polling::{Event, Events, Poller};
@@ -29,6 +32,10 @@ struct Reactor {
     /// Per registered pipe (its key is the index), the tasks waiting for it to be readable
     /// and writable; `None` for a free slot.
     sources: RefCell<Vec<Option<Source>>>,
+    /// The tasks sleeping until a deadline, by deadline (and a number that tells apart two
+    /// with the same one).
+    timers: RefCell<BTreeMap<(Instant, u64), Waker>>,
+    next_timer: Cell<u64>,
 }
 
 #[derive(Default)]
@@ -74,6 +81,8 @@ pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
     let reactor = Rc::new(Reactor {
         poller: poller.clone(),
         sources: RefCell::new(Vec::new()),
+        timers: RefCell::new(BTreeMap::new()),
+        next_timer: Cell::new(0),
     });
     CURRENT.with(|current| *current.borrow_mut() = Some(reactor.clone()));
     // Unset on the way out, panics included.
@@ -103,9 +112,16 @@ pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
             }
         }
         events.clear();
+        let timeout = reactor
+            .timers
+            .borrow()
+            .keys()
+            .next()
+            .map(|(deadline, _)| deadline.saturating_duration_since(Instant::now()));
         // An error (EINTR) only returns early; the loop polls and waits again.
-        let _ = reactor.poller.wait(&mut events, None);
+        let _ = reactor.poller.wait(&mut events, timeout);
         reactor.dispatch(&events);
+        reactor.fire_timers();
     }
 }
 
@@ -132,6 +148,19 @@ impl Reactor {
         }
     }
 
+    /// Wakes the tasks whose deadline passed.
+    fn fire_timers(&self) {
+        let now = Instant::now();
+        let due = {
+            let mut timers = self.timers.borrow_mut();
+            let later = timers.split_off(&(now, u64::MAX));
+            std::mem::replace(&mut *timers, later)
+        };
+        for waker in due.into_values() {
+            waker.wake();
+        }
+    }
+
     /// Records that the task of `waker` waits for `key` to be readable (or writable), and
     /// arms the poller for what is waited for now (it is one-shot).
     fn wait_for(
@@ -154,6 +183,73 @@ impl Reactor {
         }
         let interest = Event::new(key, source.read.is_some(), source.write.is_some());
         self.poller.modify(fd, interest)
+    }
+}
+
+/// Waits for `duration`: see [`sleep_until`].
+pub(crate) async fn sleep(duration: Duration) {
+    sleep_until(Instant::now() + duration).await
+}
+
+/// Waits until `deadline`: on the poller of this thread inside [`block_on`] (no other thread
+/// hears of it), on an async-io timer elsewhere.
+pub(crate) async fn sleep_until(deadline: Instant) {
+    match CURRENT.with(|current| current.borrow().clone()) {
+        Some(reactor) => {
+            Sleep {
+                reactor,
+                deadline,
+                key: None,
+            }
+            .await
+        }
+        None => {
+            async_io::Timer::at(deadline).await;
+        }
+    }
+}
+
+/// A task waiting on this thread's poller until `deadline`.
+struct Sleep {
+    reactor: Rc<Reactor>,
+    deadline: Instant,
+    /// Its entry in the reactor's timers, once it waits.
+    key: Option<(Instant, u64)>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            if let Some(key) = self.key.take() {
+                self.reactor.timers.borrow_mut().remove(&key);
+            }
+            return Poll::Ready(());
+        }
+        let key = match self.key {
+            Some(key) => key,
+            None => {
+                let number = self.reactor.next_timer.get();
+                self.reactor.next_timer.set(number + 1);
+                let key = (self.deadline, number);
+                self.key = Some(key);
+                key
+            }
+        };
+        self.reactor
+            .timers
+            .borrow_mut()
+            .insert(key, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.reactor.timers.borrow_mut().remove(&key);
+        }
     }
 }
 
@@ -322,6 +418,37 @@ mod tests {
         });
         assert_eq!(block_on(recv.recv()).unwrap(), 7);
         sender.join().unwrap();
+    }
+
+    #[test]
+    fn sleeps_end_in_the_order_of_their_deadlines() {
+        let order = RefCell::new(Vec::new());
+        let started = Instant::now();
+        block_on(futures_lite::future::zip(
+            async {
+                sleep(Duration::from_millis(30)).await;
+                order.borrow_mut().push(30);
+            },
+            async {
+                sleep(Duration::from_millis(10)).await;
+                order.borrow_mut().push(10);
+            },
+        ));
+        assert_eq!(*order.borrow(), [10, 30]);
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        // A sleep dropped before its deadline leaves nothing behind.
+        block_on(async {
+            let early = futures_lite::future::or(
+                async {
+                    sleep(Duration::from_secs(60)).await;
+                    false
+                },
+                async { true },
+            );
+            assert!(early.await);
+            let reactor = CURRENT.with(|current| current.borrow().clone()).unwrap();
+            assert!(reactor.timers.borrow().is_empty());
+        });
     }
 
     #[test]

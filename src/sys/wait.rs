@@ -4,14 +4,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use async_io::Timer;
 use event_listener::Event;
 use futures_lite::future;
 
 /// `future`'s output if it comes within `limit`, else `None` (and `future` is dropped).
 pub(crate) async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
     future::or(async { Some(future.await) }, async {
-        Timer::after(limit).await;
+        super::reactor::sleep(limit).await;
         None
     })
     .await
