@@ -1,4 +1,4 @@
-//! Run with: `cargo run --release --example cluster -- [local | ssh HOST [SSH OPTIONS..] | srun [SRUN OPTIONS..] | command PROGRAM [ARGS..]]`
+//! Run with: `cargo run --release --example cluster -- [local | ssh HOST [SSH OPTIONS..] | ssh-hosts HOST,HOST.. [SSH OPTIONS..] | srun [SRUN OPTIONS..] | command PROGRAM [ARGS..]]`
 //!
 //! The quickstart's work (naive Fibonacci numbers, several at once) on a pool whose launcher
 //! comes from the command line, or from `OFFLOAD_LAUNCHER` (the same words, split at
@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! cargo run --release --example cluster -- ssh node1
+//! cargo run --release --example cluster -- ssh-hosts node1,node2
 //! cargo run --release --example cluster -- srun --partition=cpu
 //! ```
 
@@ -22,17 +23,21 @@ fn fib(n: u64) -> u64 {
     }
 }
 
-/// The launcher named by `words`: `local`, `ssh HOST [OPTIONS..]`, `srun [OPTIONS..]` or
-/// `command PROGRAM [ARGS..]`.
+/// The launcher named by `words`: `local`, `ssh HOST [OPTIONS..]`, `ssh-hosts HOST,HOST..
+/// [OPTIONS..]` (workers spread over the hosts in turn), `srun [OPTIONS..]` or `command
+/// PROGRAM [ARGS..]`.
 fn launcher(words: &[String]) -> Result<Launcher, String> {
-    let usage =
-        "expected: local | ssh HOST [OPTIONS..] | srun [OPTIONS..] | command PROGRAM [ARGS..]";
+    let usage = "expected: local | ssh HOST [OPTIONS..] | ssh-hosts HOST,HOST.. [OPTIONS..] \
+                 | srun [OPTIONS..] | command PROGRAM [ARGS..]";
     match words.split_first() {
         None => Ok(Launcher::local()),
         Some((kind, rest)) => match (kind.as_str(), rest) {
             ("local", []) => Ok(Launcher::local()),
             // ssh options come before the host on ssh's command line.
             ("ssh", [host, options @ ..]) => Ok(Launcher::ssh(host.clone()).args(options)),
+            ("ssh-hosts", [hosts, options @ ..]) => {
+                Ok(Launcher::ssh_hosts(hosts.split(',').map(str::to_owned)).args(options))
+            }
             ("srun", options) => Ok(Launcher::srun().args(options)),
             ("command", [program, args @ ..]) => Ok(Launcher::command(program).args(args)),
             _ => Err(usage.to_string()),
@@ -57,8 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .workers(2)
         .launcher(launcher)
         .build()?;
-    let first = pool.spawn(fib, 1);
-    first.wait()?;
+    pool.ready_blocking()?; // both workers started (over ssh: a connection each)
     println!("pool of 2 started in {:.1?}", started.elapsed());
 
     let mut tasks: Vec<_> = (30..36).map(|n| (n, pool.spawn(fib, n))).collect();

@@ -82,22 +82,32 @@
 //!
 //! # Features
 //!
-//! - `tracing`: a `tracing` span per task (`id`, `func`, `pid`) and events for spawn, start,
-//!   finish, worker stops and worker replacements.
+//! - `before-main` (default): a worker is recognised before `main` runs, by a constructor
+//!   keyed on the `OFFLOAD_WORKER` environment marker, so that no program needs [`init`]:
+//!   `#[tokio::main]`, argument parsers and plain `#[test]` files work as they are. Without
+//!   it, [`init`] first in `main` does the same (a process started as a worker that reaches
+//!   `main` without it refuses to build pools, with [`Error::NotInitialized`]).
+//! - `tracing`: a `tracing` span per task (`offload_task`, with `id`, `func`, and `pid` and
+//!   `host` once it starts) and events for spawn, start, finish, worker stops and worker
+//!   replacements.
+//!
+//! Nothing public depends on a feature: the API is the same with and without either.
+//!
+//! # The guide
+//!
+//! `docs/guide/` in the repository: coming from Python (`asyncio.to_process`,
+//! `ProcessPoolExecutor`, pebble, loky), coming from procspawn or `spawn_blocking`, a cookbook
+//! of programs CI runs, and how to operate a pool (sizing, what to watch, what each
+//! [`TaskError`] means, cancel and shutdown).
 //!
 //! # Caveats
 //!
-//! - [`init`] must be the first call in `main`: everything before it also runs in every worker.
-//! - Integration tests that spawn workers need a `main` that calls [`init`] first: use
-//!   `harness = false` (for example with `libtest-mimic`); plain `#[test]` functions under
-//!   the default harness cannot host workers yet.
-//! - `#[tokio::main]` builds its runtime before the body's first line, so every worker would
-//!   build one before [`init`] serves: write a plain `main` that calls [`init`], then starts
-//!   the runtime.
+//! - Without `before-main`, [`init`] must be the first call in `main`: everything before it
+//!   also runs in every worker.
 //! - offload must be linked into the executable (as Rust does by default), not built as a
 //!   `dylib`: a worker finds a function by its offset in the executable's code.
 //! - `--worker`, as the only argument, is reserved for offload.
-//! - Unix only for now.
+//! - Unix only for now; shared memory for large frames on Linux (elsewhere they take the pipe).
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -120,6 +130,9 @@ mod supervise;
 mod sys;
 mod task;
 mod trace;
+
+#[cfg(doctest)]
+mod guide;
 
 pub use crate::default::{
     default_pool, process_fn, set_default_pool, to_process, with_pool, ProcessFn,
