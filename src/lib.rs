@@ -61,8 +61,9 @@
 //! - Workers are started as `/proc/self/exe --worker` (the current executable elsewhere), in a
 //!   process group of their own, with the parent's environment and stderr. They exit when their
 //!   stdin closes, and on Linux they are killed when the parent dies (`PR_SET_PDEATHSIG`).
-//! - With [`PoolBuilder::memory_limit`], workers' stderr is piped through the parent (and
-//!   copied to its stderr) so that an allocation failure can be told apart from other aborts.
+//! - Every worker's stderr is piped through the parent (and copied to its stderr, on a thread
+//!   of its own): to keep the last words of a worker that dies ([`TaskError::WorkerDied`]), and
+//!   to tell an allocation failure under [`PoolBuilder::memory_limit`] from other aborts.
 //! - Pipelined dispatch: while a quick task runs and no worker is idle, a worker is sent more
 //!   small jobs ahead, so that it goes from one to the next without waiting for the parent. A
 //!   job sent ahead stays queued ([`PoolStats::sent_ahead`] counts them) until its worker says
