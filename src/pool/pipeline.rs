@@ -57,6 +57,8 @@ struct State {
     withdraw: bool,
     /// [`Driver::ends_away`] when the jobs sent ahead were last checked for cancels.
     ends_seen: u64,
+    /// The id of the job the worker runs.
+    running: u64,
 }
 
 /// Frames returned by [`Feed::next`] and not yet written: the jobs and withdrawals in them.
@@ -104,10 +106,11 @@ impl<'a> Pipeline<'a> {
         workers.saturating_sub(counters.busy.load(Ordering::Relaxed))
     }
 
-    /// A job starts on the worker: if it is `piped`, jobs may be sent ahead behind it (up to
-    /// `room` more for this worker) until it turns slow.
-    pub(crate) fn job_started(&self, piped: bool, room: usize) {
+    /// Job `id` starts on the worker: if it is `piped`, jobs may be sent ahead behind it (up
+    /// to `room` more for this worker) until it turns slow.
+    pub(crate) fn job_started(&self, id: u64, piped: bool, room: usize) {
         let mut state = self.state.borrow_mut();
+        state.running = id;
         state.open = piped;
         state.slow_at = piped.then(|| Instant::now() + SLOW);
         state.slow = false;
@@ -233,6 +236,18 @@ impl<'a> Pipeline<'a> {
                 };
                 if job.task.is_finished() {
                     continue; // cancelled while queued
+                }
+                // A job spawned before the last one this worker runs or holds was given back
+                // (its worker died, or it was withdrawn): it goes to the next free worker,
+                // never behind a later job, which could keep it waiting without end while
+                // every worker runs jobs spawned after it.
+                let latest = jobs
+                    .last()
+                    .or(state.sent.back().map(|(job, _)| job))
+                    .map_or(state.running, |job| job.id.max(state.running));
+                if job.id < latest {
+                    self.driver.backlog.give_back([job]);
+                    break;
                 }
                 let marker = piped_marker(true);
                 if frames.len() + marker.len() + job.frame.len() > ATOMIC_WRITE {

@@ -540,7 +540,7 @@ async fn run_job<'a>(
     }
     let timeout = task.options().timeout;
     let began = Instant::now();
-    pipeline.job_started(piped, room);
+    pipeline.job_started(job.id, piped, room);
     let step = {
         let exchange = async {
             if !written {
