@@ -249,15 +249,7 @@ async fn what_a_running_task_reports_reaches_the_parent() {
 
 /// How many shared-memory regions this worker holds.
 fn regions_held() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter(|link| link.to_string_lossy().starts_with("/memfd:offload-frames"))
-        .count()
-}
-
-fn echo(bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
-    bytes
+    common::region_fds().len()
 }
 
 /// A worker behind a launcher is remote as far as the parent knows: large frames go through
@@ -269,7 +261,7 @@ async fn large_frames_through_a_launcher_take_the_pipe() {
         .build()
         .unwrap();
     let data = serde_bytes::ByteBuf::from(vec![5; 4 << 20]);
-    assert_eq!(pool.spawn(echo, data.clone()).await.unwrap(), data);
+    assert_eq!(pool.spawn(common::echo, data.clone()).await.unwrap(), data);
     assert_eq!(pool.spawn(regions_held, ()).await.unwrap(), 0);
     let local = ProcessPool::new(1).unwrap();
     assert_eq!(

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{children, eventually, open_fds, sleep_ms, spin, trial, Runtime};
+use common::{children, echo, eventually, open_fds, sleep_ms, spin, trial, Runtime};
 use offload::ProcessPool;
 use serde_bytes::ByteBuf;
 
@@ -17,10 +17,6 @@ fn boom() -> u32 {
 
 fn exit_3() -> u32 {
     std::process::exit(3)
-}
-
-fn echo(bytes: ByteBuf) -> ByteBuf {
-    bytes
 }
 
 fn exit_holding(_: ByteBuf) -> u32 {

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{trial, Runtime};
+use common::{echo, trial, Runtime};
 use offload::ProcessPool;
 use serde_bytes::ByteBuf;
 
@@ -27,10 +27,6 @@ fn chatty(bytes: usize, n: u64) -> u64 {
         println!("{LINE}");
     }
     n * 2
-}
-
-fn echo(bytes: ByteBuf) -> ByteBuf {
-    bytes
 }
 
 /// A worker's `init`: its stdout and stderr go to [`worker_stderr`].

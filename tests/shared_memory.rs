@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Runtime, RUNTIMES};
+use common::{echo, Runtime, RUNTIMES};
 use futures_lite::StreamExt;
 use offload::{ProcessPool, TaskError};
 use serde_bytes::ByteBuf;
@@ -25,10 +25,6 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn echo(bytes: ByteBuf) -> ByteBuf {
-    bytes
-}
-
 /// `count` items of `len` bytes, item `i` all `i`: made at the speed of memory, so that the
 /// next is ready while the parent still copies the one before.
 fn blocks(count: u8, len: usize) -> impl Iterator<Item = ByteBuf> {
@@ -41,15 +37,8 @@ fn exit_holding(bytes: ByteBuf) -> usize {
 
 /// The regions this worker holds, opened anew for writing.
 fn regions() -> Vec<std::fs::File> {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|fd| {
-            let path = fd.ok()?.path();
-            let link = std::fs::read_link(&path).ok()?;
-            link.to_string_lossy()
-                .starts_with("/memfd:offload-frames")
-                .then_some(path)
-        })
+    common::region_fds()
+        .into_iter()
         .map(|path| {
             std::fs::OpenOptions::new()
                 .read(true)

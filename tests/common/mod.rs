@@ -421,3 +421,23 @@ pub async fn assert_reports_reach_the_parent(launcher: offload::Launcher) {
         other => panic!("{other:?}"),
     }
 }
+
+/// Returns its bytes: a task that sends a buffer both ways.
+pub fn echo(bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    bytes
+}
+
+/// This process's descriptors of shared-memory regions (`/proc/self/fd/N` of each
+/// `memfd:offload-frames`): in a worker, its two regions; in a parent, those of its workers.
+pub fn region_fds() -> Vec<PathBuf> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| {
+            let path = fd.ok()?.path();
+            let link = std::fs::read_link(&path).ok()?;
+            link.to_string_lossy()
+                .starts_with("/memfd:offload-frames")
+                .then_some(path)
+        })
+        .collect()
+}
