@@ -230,6 +230,12 @@ impl<'a> Pipeline<'a> {
         if state.open && state.sent.len() <= REFILL && self.idle_workers() == 0 && !self.can_grow()
         {
             let room = self.room.get().saturating_sub(state.sent.len());
+            // The last job spawned that this worker runs or holds: jobs go ahead in spawning
+            // order, so it is the running one or the last one sent.
+            let mut latest = state
+                .sent
+                .back()
+                .map_or(state.running, |(job, _)| job.id.max(state.running));
             while state.sent.len() + jobs.len() < DEPTH.min(room) {
                 let Some(job) = self.driver.backlog.try_recv() else {
                     break;
@@ -241,10 +247,6 @@ impl<'a> Pipeline<'a> {
                 // (its worker died, or it was withdrawn): it goes to the next free worker,
                 // never behind a later job, which could keep it waiting without end while
                 // every worker runs jobs spawned after it.
-                let latest = jobs
-                    .last()
-                    .or(state.sent.back().map(|(job, _)| job))
-                    .map_or(state.running, |job| job.id.max(state.running));
                 if job.id < latest {
                     self.driver.backlog.give_back([job]);
                     break;
@@ -262,6 +264,7 @@ impl<'a> Pipeline<'a> {
                 frames.extend_from_slice(marker);
                 frames.extend_from_slice(&job.frame);
                 job.task.send_ahead(true);
+                latest = job.id;
                 jobs.push(job);
             }
         }

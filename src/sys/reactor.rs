@@ -49,6 +49,11 @@ thread_local! {
     static CURRENT: RefCell<Option<Rc<Reactor>>> = const { RefCell::new(None) };
 }
 
+/// The reactor of this thread, inside [`block_on`].
+fn current() -> Option<Rc<Reactor>> {
+    CURRENT.with(|current| current.borrow().clone())
+}
+
 /// Wakes the thread blocked in [`block_on`].
 struct Notifier {
     poller: Arc<Poller>,
@@ -194,7 +199,7 @@ pub(crate) async fn sleep(duration: Duration) {
 /// Waits until `deadline`: on the poller of this thread inside [`block_on`] (no other thread
 /// hears of it), on an async-io timer elsewhere.
 pub(crate) async fn sleep_until(deadline: Instant) {
-    match CURRENT.with(|current| current.borrow().clone()) {
+    match current() {
         Some(reactor) => {
             Sleep {
                 reactor,
@@ -266,8 +271,7 @@ impl Pipe {
     /// outside [`block_on`].
     pub(crate) fn new(fd: impl Into<OwnedFd>) -> io::Result<Pipe> {
         let fd = fd.into();
-        let reactor = CURRENT
-            .with(|current| current.borrow().clone())
+        let reactor = current()
             .ok_or_else(|| io::Error::other("the pool's driver has no poller of its own"))?;
         rustix::io::ioctl_fionbio(&fd, true)?;
         let key = {
@@ -446,7 +450,7 @@ mod tests {
                 async { true },
             );
             assert!(early.await);
-            let reactor = CURRENT.with(|current| current.borrow().clone()).unwrap();
+            let reactor = current().unwrap();
             assert!(reactor.timers.borrow().is_empty());
         });
     }

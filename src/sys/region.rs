@@ -144,7 +144,7 @@ impl Region {
                 "shared-memory frame {number} announced, {expected} expected"
             ));
         }
-        let held = rustix::fs::fstat(&self.fd)?.st_blocks as u64 * 512;
+        let held = held(&rustix::fs::fstat(&self.fd)?);
         if held < len as u64 {
             return invalid(format!(
                 "a shared-memory frame of {len} bytes, in a region that holds {held}"
@@ -218,8 +218,7 @@ impl Region {
         };
         self.grown = false;
         let kept = HEADER + KEPT as u64;
-        let held = stat.st_blocks as u64 * 512;
-        if held <= kept || stat.st_size as u64 <= kept {
+        if held(&stat) <= kept || stat.st_size as u64 <= kept {
             return;
         }
         // A failure leaves the pages allocated; the next chance tries again.
@@ -235,11 +234,13 @@ impl Region {
     /// Bytes of memory the region holds.
     #[cfg(test)]
     fn held(&self) -> u64 {
-        rustix::fs::fstat(&self.fd)
-            .expect("fstat of a memfd")
-            .st_blocks as u64
-            * 512
+        held(&rustix::fs::fstat(&self.fd).expect("fstat of a memfd"))
     }
+}
+
+/// Bytes of memory a file holds (its allocated 512-byte blocks), by its `stat`.
+fn held(stat: &rustix::fs::Stat) -> u64 {
+    stat.st_blocks as u64 * 512
 }
 
 #[cfg(test)]
