@@ -163,6 +163,8 @@ async fn from_region_async(
     let (region, number, len) = announced(region, rest)?;
     shrink_for(buf, len);
     buf.clear();
+    // At once: reserved chunk by chunk, the buffer would be grown (and moved) once per chunk.
+    buf.reserve_exact(len);
     while buf.len() < len {
         let at = buf.len();
         region
