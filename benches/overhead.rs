@@ -685,6 +685,19 @@ fn main() {
         }
         return;
     }
+    if args.iter().any(|a| a == "round-trip") {
+        // `cargo bench --bench overhead -- round-trip`: figures 1 and 2 alone, to profile
+        // (under `taskset -c 0` for the pinned figures).
+        let (same50, _) = percentiles(&mut raw_pipe_round_trips(0));
+        let (smol50, _) = percentiles(&mut smol::block_on(offload_round_trips(&pool)));
+        println!(
+            "1./2. raw same CPU {:.1} µs, offload smol {:.1} µs ({:.1}×)",
+            micros(same50),
+            micros(smol50),
+            smol50.as_secs_f64() / same50.as_secs_f64()
+        );
+        return;
+    }
     if args.iter().any(|a| a == "throughput") {
         // `cargo bench --bench overhead -- throughput`: figure 3 alone, five times.
         for _ in 0..5 {

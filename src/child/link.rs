@@ -16,6 +16,14 @@ use crate::sys::region::Region;
 /// between (docs/performance.md has the before and after).
 const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
+/// Whether this process may run on more than one CPU, so that polling for input leaves a CPU
+/// to whoever sends it. On one CPU (pinned, or a one-CPU machine or cgroup), every turn of
+/// the polling loop is only one more switch before the sender runs.
+fn may_spin() -> bool {
+    static MANY_CPUS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MANY_CPUS.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
+}
+
 /// Size of the buffer in front of the protocol input.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -123,7 +131,7 @@ impl ParentLink {
         let Some(input) = self.input.as_ref().map(|input| &input.reader) else {
             return;
         };
-        if !input.buffer().is_empty() {
+        if !input.buffer().is_empty() || !may_spin() {
             return;
         }
         let now = rustix::time::Timespec {

@@ -5,6 +5,11 @@
 
 pub(crate) mod exe;
 pub(crate) mod panic;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) mod poller;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[path = "poller_elsewhere.rs"]
+pub(crate) mod poller;
 pub(crate) mod reactor;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) mod region;

@@ -23,8 +23,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use polling::{Event, Events, Poller};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use super::poller::{Events, Poller};
 
 /// The poller of the thread that runs [`block_on`], and what waits on it.
 struct Reactor {
@@ -45,6 +46,9 @@ struct Source {
 }
 
 thread_local! {
+    /// The notifier of the future this thread is polling in [`block_on`], if it is (only
+    /// compared, never dereferenced).
+    static POLLING: Cell<*const Notifier> = const { Cell::new(std::ptr::null()) };
     /// The reactor of this thread, while it runs [`block_on`].
     static CURRENT: RefCell<Option<Rc<Reactor>>> = const { RefCell::new(None) };
 }
@@ -69,6 +73,11 @@ impl Wake for Notifier {
     fn wake_by_ref(self: &Arc<Self>) {
         // Only the first wake-up since the last poll needs to interrupt the wait.
         if !self.woken.swap(true, Ordering::AcqRel) {
+            // A wake-up from inside the poll of this thread's own future needs no word: the
+            // loop sees `woken` when the poll returns, and polls again.
+            if POLLING.with(|polling| polling.get() == Arc::as_ptr(self)) {
+                return;
+            }
             // A failed notification leaves the thread in `wait`; it has no cause to fail.
             let _ = self.poller.notify();
         }
@@ -95,6 +104,7 @@ pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
     impl Drop for Unset {
         fn drop(&mut self) {
             CURRENT.with(|current| current.borrow_mut().take());
+            POLLING.with(|polling| polling.set(std::ptr::null()));
         }
     }
     let _unset = Unset;
@@ -108,7 +118,10 @@ pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
     let mut events = Events::new();
     loop {
         if notifier.woken.swap(false, Ordering::AcqRel) {
-            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            POLLING.with(|polling| polling.set(Arc::as_ptr(&notifier)));
+            let polled = future.as_mut().poll(&mut cx);
+            POLLING.with(|polling| polling.set(std::ptr::null()));
+            if let Poll::Ready(output) = polled {
                 return output;
             }
             // A wake-up during the poll sets `woken` again: poll at once.
@@ -116,7 +129,6 @@ pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
                 continue;
             }
         }
-        events.clear();
         let timeout = reactor
             .timers
             .borrow()
@@ -136,14 +148,16 @@ impl Reactor {
         let mut wakers = Vec::new();
         {
             let mut sources = self.sources.borrow_mut();
-            for event in events.iter() {
-                let Some(Some(source)) = sources.get_mut(event.key) else {
+            for ready in events.iter() {
+                let Some(Some(source)) = sources.get_mut(ready.key) else {
                     continue;
                 };
-                // Both: the poller is one-shot, so an event disarms the interest of the other
-                // waiter too, which re-arms it when its attempt blocks again.
-                wakers.extend(source.read.take());
-                wakers.extend(source.write.take());
+                if ready.readable {
+                    wakers.extend(source.read.take());
+                }
+                if ready.writable {
+                    wakers.extend(source.write.take());
+                }
             }
         }
         // Woken outside the borrow: a waker of this thread only sets `woken`, but keeps to
@@ -166,15 +180,9 @@ impl Reactor {
         }
     }
 
-    /// Records that the task of `waker` waits for `key` to be readable (or writable), and
-    /// arms the poller for what is waited for now (it is one-shot).
-    fn wait_for(
-        &self,
-        key: usize,
-        fd: BorrowedFd<'_>,
-        write: bool,
-        waker: &Waker,
-    ) -> io::Result<()> {
+    /// Records that the task of `waker` waits for `key` to turn readable (or writable). The
+    /// poller reports every change of a registered fd: nothing is armed.
+    fn wait_for(&self, key: usize, write: bool, waker: &Waker) {
         let mut sources = self.sources.borrow_mut();
         let source = sources[key].get_or_insert_with(Source::default);
         let slot = if write {
@@ -186,8 +194,6 @@ impl Reactor {
             Some(old) if old.will_wake(waker) => {}
             _ => *slot = Some(waker.clone()),
         }
-        let interest = Event::new(key, source.read.is_some(), source.write.is_some());
-        self.poller.modify(fd, interest)
     }
 }
 
@@ -289,7 +295,7 @@ impl Pipe {
         // SAFETY: `fd` is deleted from the poller in `Drop`, before it is closed (the
         // `OwnedFd` field is dropped after `drop` returns), and `reactor`, held here, keeps
         // the poller alive until then.
-        if let Err(err) = unsafe { reactor.poller.add(&fd, Event::none(key)) } {
+        if let Err(err) = unsafe { reactor.poller.add(fd.as_fd(), key) } {
             reactor.sources.borrow_mut()[key] = None;
             return Err(err);
         }
@@ -311,14 +317,9 @@ impl Pipe {
                 Err(rustix::io::Errno::AGAIN) => {}
                 Err(err) => return Poll::Ready(Err(err.into())),
             }
-            // Armed after the attempt: readiness that came in between is reported at once
-            // by the (level-triggered) poller.
-            if let Err(err) = self
-                .reactor
-                .wait_for(self.key, self.fd.as_fd(), write, cx.waker())
-            {
-                return Poll::Ready(Err(err));
-            }
+            // The fd changes no more before the next wait of this thread, which reports any
+            // change after the attempt (a new edge), and then wakes this task.
+            self.reactor.wait_for(self.key, write, cx.waker());
             return Poll::Pending;
         }
     }
@@ -362,7 +363,7 @@ impl Drop for Pipe {
     fn drop(&mut self) {
         // A failure leaves nothing to undo: the fd is closed right after, which removes it
         // from the epoll set as well.
-        let _ = self.reactor.poller.delete(&self.fd);
+        let _ = self.reactor.poller.delete(self.fd.as_fd());
         self.reactor.sources.borrow_mut()[self.key] = None;
     }
 }
@@ -422,6 +423,21 @@ mod tests {
         });
         assert_eq!(block_on(recv.recv()).unwrap(), 7);
         sender.join().unwrap();
+    }
+
+    #[test]
+    fn a_future_that_wakes_itself_is_polled_again() {
+        // Such a wake-up writes nothing to the poller: the loop must see it by itself.
+        let mut polls = 0;
+        block_on(futures_lite::future::poll_fn(|cx| {
+            polls += 1;
+            if polls == 3 {
+                return Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }));
+        assert_eq!(polls, 3);
     }
 
     #[test]
