@@ -22,7 +22,9 @@
 //!
 //! `cargo bench --bench overhead -- payloads` runs figure 12 alone.
 //!
-//! `cargo bench --bench overhead -- throughput` prints figure 3 alone, five times.
+//! `cargo bench --bench overhead -- throughput` prints figure 3 alone, five times;
+//! `-- round-trip` figures 1 and 2 (smol) alone, to profile, under `taskset -c 0` for the
+//! pinned figures; `-- cancel` cancel → worker gone alone, beside procspawn.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -695,6 +697,18 @@ fn main() {
             micros(same50),
             micros(smol50),
             smol50.as_secs_f64() / same50.as_secs_f64()
+        );
+        return;
+    }
+    if args.iter().any(|a| a == "cancel") {
+        // `cargo bench --bench overhead -- cancel`: cancel → worker gone alone, beside the peer.
+        let (peer50, _) = percentiles(&mut peers::cancels());
+        let (gone50, _) = percentiles(&mut peers::offload_cancels());
+        println!(
+            "10. cancel → worker gone: procspawn {:.3} ms, offload {:.3} ms ({:.2}×)",
+            millis(peer50),
+            millis(gone50),
+            peer50.as_secs_f64() / gone50.as_secs_f64()
         );
         return;
     }

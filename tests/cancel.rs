@@ -168,6 +168,54 @@ async fn a_cancel_that_crosses_the_answer_never_stops_the_next_task() {
     assert!(cancelled > 0, "no cancel took effect");
 }
 
+/// A cancel signals the worker of a task it runs alone from the cancelling thread itself: the
+/// worker goes even while the pool's own thread is held up (here in a slow `on_done` callback
+/// of another task), long before that thread could stop it. (Before the stopper, the worker
+/// spun on until the callback returned.)
+async fn a_cancel_stops_the_worker_while_the_pool_thread_is_busy() {
+    let pool = ProcessPool::new(2).unwrap();
+    let victim = pool.spawn(spin, ());
+    eventually("the victim runs", || victim.status() == "running").await;
+    let pid = victim.pid().unwrap();
+    let (entered, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let hold = {
+        let (entered, release) = (entered.clone(), release.clone());
+        move |_: &offload::TaskInfo| {
+            entered.store(true, Ordering::SeqCst);
+            // Bounded, so that a failure cannot hang the test.
+            let until = Instant::now() + Duration::from_secs(20);
+            while !release.load(Ordering::SeqCst) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    };
+    let holder = pool.task(whoami).on_done(hold).spawn(());
+    eventually("the pool's thread is in the callback", || {
+        entered.load(Ordering::SeqCst)
+    })
+    .await;
+
+    assert!(victim.cancel());
+    let gone = Instant::now();
+    eventually("the cancelled task's worker exits", || !common::alive(pid)).await;
+    let took = gone.elapsed();
+    assert!(
+        !release.load(Ordering::SeqCst) && took < Duration::from_secs(5),
+        "the worker {pid} went only after {took:?}"
+    );
+    release.store(true, Ordering::SeqCst);
+    holder.await.unwrap();
+    assert!(victim.await.unwrap_err().is_cancelled());
+    assert_ne!(
+        pool.spawn(whoami, ()).await.unwrap(),
+        pid,
+        "a replacement serves"
+    );
+}
+
 fn main() {
     let scenarios = scenarios![
         a_cancel_that_crosses_the_answer_never_stops_the_next_task,
@@ -178,6 +226,7 @@ fn main() {
         dropping_a_running_task_stops_its_worker,
         detached_task_runs_to_the_end,
         cancel_disturbs_no_other_task,
+        a_cancel_stops_the_worker_while_the_pool_thread_is_busy,
     ];
     let runtimes = [Runtime::Smol, Runtime::TokioMultiThread];
     common::main_with(common::trials_under(&runtimes, &scenarios));

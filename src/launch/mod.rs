@@ -17,7 +17,7 @@ use self::copy::Delivery;
 use crate::protocol::build::{build_id, content_id};
 use crate::protocol::{WORKER_ENV, WORKER_FLAG};
 use crate::sys::exe::current_program;
-use crate::sys::signal::{Pidfd, Signal};
+use crate::sys::signal::{Pidfd, Signal, Stopper};
 use crate::sys::wait::within;
 
 pub(crate) mod copy;
@@ -344,6 +344,7 @@ impl Launcher {
         let stderr = child.stderr.take();
         Ok(Launched {
             process: Process {
+                stopper: Arc::new(Stopper::new(child.id())),
                 child,
                 pidfd,
                 reaped: false,
@@ -427,6 +428,8 @@ pub(crate) struct Process {
     pidfd: Pidfd,
     /// Set once the exit status was collected: no signal may be sent from then on.
     reaped: bool,
+    /// What lets a task's handle signal the group (closed before the reap, and on drop).
+    stopper: Arc<Stopper>,
 }
 
 impl Process {
@@ -454,8 +457,14 @@ impl Process {
         }
     }
 
+    /// What lets the handle of the task this process runs alone signal its group.
+    pub(crate) fn stopper(&self) -> &Arc<Stopper> {
+        &self.stopper
+    }
+
     /// Kills what is left of the group, waits for the exit and reaps.
     pub(crate) async fn reap(&mut self) -> io::Result<ExitStatus> {
+        self.stopper.close();
         self.kill();
         let status = self.child.status().await;
         self.reaped = true;
@@ -474,6 +483,7 @@ impl Drop for Process {
     /// A worker dropped unreaped (its driver is gone) takes its group with it; `kill_on_drop`
     /// then reaps it in the background.
     fn drop(&mut self) {
+        self.stopper.close();
         self.kill();
     }
 }

@@ -13,6 +13,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
@@ -21,6 +22,7 @@ use super::driver::Driver;
 use super::submit::Job;
 use crate::protocol::{frame, ToWorker};
 use crate::supervise::{piped_marker, Feed, ATOMIC_WRITE};
+use crate::sys::signal::Stopper;
 
 /// The most jobs sent ahead to one worker.
 pub(crate) const DEPTH: usize = 64;
@@ -36,6 +38,8 @@ pub(crate) const SLOW: Duration = Duration::from_millis(1);
 /// The jobs sent ahead to one worker, and what is to be written about them.
 pub(crate) struct Pipeline<'a> {
     driver: &'a Driver,
+    /// What lets the handle of the job the worker runs alone stop the worker (a local one).
+    stopper: Option<Arc<Stopper>>,
     state: RefCell<State>,
     /// How many more jobs the worker may be given (its share under `max_tasks_per_worker`).
     room: Cell<usize>,
@@ -69,12 +73,29 @@ struct Unsent {
 }
 
 impl<'a> Pipeline<'a> {
-    pub(crate) fn new(driver: &'a Driver) -> Self {
+    pub(crate) fn new(driver: &'a Driver, stopper: Option<Arc<Stopper>>) -> Self {
         Pipeline {
             driver,
+            stopper,
             state: RefCell::new(State::default()),
             room: Cell::new(usize::MAX),
         }
+    }
+
+    /// Arms the worker's stopper for job `id`, which it runs, if it holds no job ahead:
+    /// returns the stopper for the job's handle.
+    pub(crate) fn arm(&self, id: u64) -> Option<&Arc<Stopper>> {
+        let stopper = self.stopper.as_ref().filter(|_| self.is_empty())?;
+        stopper.arm(id);
+        Some(stopper)
+    }
+
+    /// Disarms the worker's stopper before the worker may begin another job; returns whether
+    /// a handle stopped the worker (it must then be given nothing more).
+    pub(crate) fn disarm(&self) -> bool {
+        self.stopper
+            .as_ref()
+            .is_some_and(|stopper| stopper.disarm())
     }
 
     /// Whether no job is out ahead.
@@ -250,6 +271,11 @@ impl<'a> Pipeline<'a> {
                 if job.id < latest {
                     self.driver.backlog.give_back([job]);
                     break;
+                }
+                // The first job ahead: from now on the worker holds more than the job it runs.
+                if jobs.is_empty() && state.sent.is_empty() && self.disarm() {
+                    self.driver.backlog.give_back([job]);
+                    break; // its handle stopped it
                 }
                 let marker = piped_marker(true);
                 if frames.len() + marker.len() + job.frame.len() > ATOMIC_WRITE {

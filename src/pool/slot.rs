@@ -298,7 +298,7 @@ async fn serve(
     driver.state.startup.notify(usize::MAX);
     let idle_timeout = driver.options.idle_timeout.filter(|_| elastic);
     let max_tasks = driver.options.max_tasks_per_worker;
-    let pipeline = Pipeline::new(driver);
+    let pipeline = Pipeline::new(driver, worker.stopper());
     let mut served = 0;
     // Whether the last job of this worker ran quicker than `SLOW`: only then are jobs piped.
     let mut quick = false;
@@ -352,7 +352,7 @@ async fn serve(
                         }
                     },
                 };
-                if !job.task.start(worker.pid(), worker.host()) {
+                if !start_job(&worker, &pipeline, &job) {
                     continue; // ended while queued
                 }
                 let piped = pipeline.worth_piping(quick, true);
@@ -380,6 +380,20 @@ async fn serve(
     }
 }
 
+/// Marks `job` as started on `worker` (see [`AnyTask::start`]); returns `false` if it ended
+/// while queued. While the worker holds no other job, its stopper is armed for the job and
+/// given to it, so that a cancel signals the worker from the handle's thread.
+///
+/// [`AnyTask::start`]: crate::task::shared::AnyTask::start
+fn start_job(worker: &WorkerLink, pipeline: &Pipeline<'_>, job: &Job) -> bool {
+    let stopper = pipeline.arm(job.id);
+    let started = job.task.start(worker.pid(), worker.host(), stopper);
+    if !started && stopper.is_some() {
+        pipeline.disarm(); // nothing could fire it: the task never had it
+    }
+    started
+}
+
 /// Waits for the worker to say which job sent ahead it starts, now that the job before them
 /// answered. Returns it (marked as started, unless it was cancelled meanwhile), or `None` if
 /// all were withdrawn.
@@ -389,7 +403,7 @@ async fn next_ahead(worker: &mut WorkerLink, pipeline: &Pipeline<'_>) -> Result<
             Ahead::Started(id) => {
                 let job = pipeline.started(id).map_err(Lost::Broken)?;
                 // A task cancelled as it started still ran: `run_job` stops it.
-                job.task.start(worker.pid(), worker.host());
+                start_job(worker, pipeline, &job);
                 return Ok(Some(job));
             }
             Ahead::Skipped => {} // the pipeline has it back
@@ -434,7 +448,7 @@ async fn withdraw(worker: &mut WorkerLink, pipeline: &Pipeline<'_>) -> Withdrawn
                 Ok(Ahead::Started(id)) => {
                     return match pipeline.started(id) {
                         Ok(job) => {
-                            job.task.start(worker.pid(), worker.host());
+                            start_job(worker, pipeline, &job);
                             Withdrawn::MovedOn(job)
                         }
                         Err(msg) => Withdrawn::Lost(Lost::Broken(msg)),
@@ -565,6 +579,11 @@ async fn run_job<'a>(
             None => running.await,
         }
     };
+    // A worker its task's handle stopped gets nothing more, even if its answer came first.
+    let step = match (step, pipeline.disarm()) {
+        (Step::Reply(Ok(_)), true) => Step::Ended,
+        (step, _) => step,
+    };
     // The task ended when its reply arrived, whatever is done before it is handed out.
     let replied_at = Instant::now();
     let quick = replied_at - began < SLOW;
@@ -575,7 +594,7 @@ async fn run_job<'a>(
         // The worker is idle: give it the next job before handing this result out, if its
         // frame fits in the pipe at once (a larger one would delay this result).
         next = next_live(&driver.backlog)
-            .filter(|job| job.task.start(worker.pid(), worker.host()))
+            .filter(|job| start_job(&worker, pipeline, job))
             .map(|job| (job, pipeline.worth_piping(quick, false)))
             .map(|(job, piped)| {
                 let written = job.frame.len() <= EARLY_WRITE;

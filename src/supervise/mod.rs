@@ -20,6 +20,7 @@ use crate::protocol::event::{Credit, Report, Reports, Unwatched};
 use crate::protocol::{codec, frame, CodecFailure, FromWorker, Run, ToWorker};
 use crate::sys::reactor::Pipe;
 use crate::sys::region::Region;
+use crate::sys::signal::Stopper;
 use crate::sys::wait::within;
 use crate::trace;
 
@@ -423,6 +424,12 @@ impl WorkerLink {
     /// The worker's pid on its host.
     pub(crate) fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// What lets the handle of the task this worker runs alone stop it from its own thread;
+    /// `None` for a remote worker, which only its control thread may signal.
+    pub(crate) fn stopper(&self) -> Option<Arc<Stopper>> {
+        (!self.remote).then(|| self.process.stopper().clone())
     }
 
     /// The copy of the worker's stderr to ours: a future to run beside the worker until its

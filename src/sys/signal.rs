@@ -9,6 +9,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rustix::process::Pid;
 pub(crate) use rustix::process::Signal;
@@ -35,13 +36,7 @@ impl Pidfd {
     /// `process_group(0)`), the child included. Must only be called before the child is
     /// reaped (see the module docs). A group with no live member left is not an error.
     pub(crate) fn signal_group(&self, signal: Signal) -> io::Result<()> {
-        let Some(pid) = Pid::from_raw(self.pid as i32) else {
-            return Ok(());
-        };
-        match rustix::process::kill_process_group(pid, signal) {
-            Err(rustix::io::Errno::SRCH) => Ok(()),
-            other => other.map_err(io::Error::from),
-        }
+        signal_group(self.pid, signal)
     }
 
     /// Waits until the child has exited, without reaping it: the pidfd turns readable then.
@@ -68,6 +63,92 @@ impl Pidfd {
     }
 }
 
+/// Sends `signal` to the process group that child `pid` leads; see [`Pidfd::signal_group`].
+fn signal_group(pid: u32, signal: Signal) -> io::Result<()> {
+    let Some(pid) = Pid::from_raw(pid as i32) else {
+        return Ok(());
+    };
+    match rustix::process::kill_process_group(pid, signal) {
+        Err(rustix::io::Errno::SRCH) => Ok(()),
+        other => other.map_err(io::Error::from),
+    }
+}
+
+/// Lets the handle of the one task a worker runs stop that worker from the handle's own
+/// thread, at the moment it cancels the task, without waiting for the driver thread to hear of
+/// the cancel (docs/performance.md, "Cancel → worker gone").
+///
+/// The driver *arms* it with a task's id while its worker runs that task and holds no other
+/// (nothing sent ahead), and *disarms* it before the worker may begin anything else and before
+/// the worker is reaped: so the signal reaches the right process group, and only the task's
+/// own worker. Firing and disarming take the same lock.
+pub(crate) struct Stopper {
+    /// The worker, which leads its process group.
+    pid: u32,
+    state: Mutex<Armed>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Armed {
+    Not,
+    /// The worker runs this task alone.
+    For(u64),
+    /// A handle stopped the worker: it does nothing more.
+    Fired,
+    /// The worker is reaped, or about to be: its number may be given to another process.
+    Closed,
+}
+
+impl Stopper {
+    pub(crate) fn new(pid: u32) -> Stopper {
+        Stopper {
+            pid,
+            state: Mutex::new(Armed::Not),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Armed> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The worker runs task `id` and holds no other job.
+    pub(crate) fn arm(&self, id: u64) {
+        let mut state = self.lock();
+        if *state == Armed::Not {
+            *state = Armed::For(id);
+        }
+    }
+
+    /// The worker may begin another job. Returns whether a handle stopped it: then it must
+    /// be given nothing more.
+    pub(crate) fn disarm(&self) -> bool {
+        let mut state = self.lock();
+        if let Armed::For(_) = *state {
+            *state = Armed::Not;
+        }
+        *state == Armed::Fired
+    }
+
+    /// The worker is about to be reaped: no signal may be sent from here any more.
+    pub(crate) fn close(&self) {
+        *self.lock() = Armed::Closed;
+    }
+
+    /// Sends `signal` to the worker's group if it runs task `id` alone; returns whether it
+    /// did.
+    pub(crate) fn fire(&self, id: u64, signal: Signal) -> bool {
+        let mut state = self.lock();
+        if *state != Armed::For(id) {
+            return false;
+        }
+        *state = Armed::Fired;
+        // Under the lock: the worker is unreaped until `close`, which waits for it, so its
+        // number still names its group alone (see the module docs).
+        let _ = signal_group(self.pid, signal);
+        true
+    }
+}
+
 /// `SIGKILL` to this process's own process group, this process included: a worker whose
 /// parent is gone, or that cannot follow the protocol, goes with everything its tasks started
 /// that stayed in its group.
@@ -82,6 +163,32 @@ pub(crate) fn kill_own_group() -> ! {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn a_stopper_signals_only_while_armed_for_the_task() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let stopper = Stopper::new(child.id());
+        assert!(!stopper.fire(1, Signal::KILL), "not armed");
+        stopper.arm(1);
+        assert!(!stopper.fire(2, Signal::KILL), "armed for another task");
+        assert!(!stopper.disarm(), "disarmed unfired");
+        assert!(!stopper.fire(1, Signal::KILL), "disarmed");
+        stopper.arm(1);
+        assert!(stopper.fire(1, Signal::KILL));
+        assert!(stopper.disarm(), "a fired stopper says so");
+        assert_eq!(child.wait().unwrap().signal(), Some(Signal::KILL.as_raw()));
+        stopper.close();
+        stopper.arm(3);
+        assert!(
+            !stopper.fire(3, Signal::KILL),
+            "closed before the reap: never again"
+        );
+    }
 
     #[test]
     fn a_group_is_signalled_whole_and_an_exit_is_seen_without_reaping() {

@@ -219,9 +219,12 @@ impl<T> ProcessTask<T> {
     /// Cancels the task; returns whether it did anything. Never blocks.
     ///
     /// - A queued task is taken out of the queue: its function never runs.
-    /// - A running task's worker receives `SIGTERM` through a pidfd, and `SIGKILL` after the
-    ///   task's cancel timeout if it is still alive; it is reaped and replaced. That happens
-    ///   on the pool's thread: this call only starts it (see
+    /// - A running task's worker process group receives `SIGTERM` (`SIGKILL` for a zero
+    ///   cancel timeout), and `SIGKILL` after the task's cancel timeout if it is still alive;
+    ///   it is reaped and replaced. When the worker holds no other job (nothing was sent
+    ///   ahead to it), the first signal is sent by this call, on the caller's thread, before
+    ///   it returns, so the work stops even while the pool's thread is busy (a slow
+    ///   callback); the rest happens on the pool's thread (see
     ///   [`cancel_and_wait`](ProcessTask::cancel_and_wait) to wait for it).
     /// - A finished task is left alone: `cancel` returns `false` and never touches the worker
     ///   that ran it.
@@ -436,7 +439,7 @@ mod tests {
     #[test]
     fn debug_after_completion_has_pid_and_four_decimals() {
         let (shared, task) = task();
-        assert!(shared.start(4242, None));
+        assert!(shared.start(4242, None, None));
         shared.finish_with_reply(Ok(&rmp_serde::to_vec(&5u64).unwrap()), Instant::now());
         report_end(&*shared);
         let text = format!("{task:?}");
@@ -455,7 +458,7 @@ mod tests {
         assert!(shared.finish_with_error(TaskError::Cancelled));
         shared.finish_with_reply(Ok(&rmp_serde::to_vec(&5u64).unwrap()), Instant::now());
         report_end(&*shared);
-        assert!(!shared.start(1, None));
+        assert!(!shared.start(1, None, None));
         assert_eq!(task.status(), "cancelled");
         assert_eq!(task.pid(), None);
         assert!(task.queued().is_some() && task.duration().is_none());
@@ -466,7 +469,7 @@ mod tests {
     #[test]
     fn undecodable_result_fails_with_decode() {
         let (shared, task) = task();
-        assert!(shared.start(7, None));
+        assert!(shared.start(7, None, None));
         shared.finish_with_reply(Ok(b"\xc1"), Instant::now());
         report_end(&*shared);
         assert_eq!(task.status(), TaskStatus::Failed);
@@ -496,7 +499,7 @@ mod release_tests {
             None,
         ));
         let mut task = ProcessTask::new(shared.clone(), None);
-        assert!(shared.start(1, None));
+        assert!(shared.start(1, None, None));
         shared.finish_with_reply(Ok(&rmp_serde::to_vec(&8u64).unwrap()), Instant::now());
         assert_eq!(task.status(), "done", "the status tells at once");
         assert!(
@@ -520,7 +523,7 @@ mod release_tests {
             None,
         ));
         let mut task = ProcessTask::new(shared.clone(), None);
-        assert!(shared.start(1, None));
+        assert!(shared.start(1, None, None));
         shared.finish_with_reply(Ok(&rmp_serde::to_vec(&8u64).unwrap()), Instant::now());
         assert_eq!(task.try_take().unwrap().unwrap(), 8);
         report_end(&*shared); // records the end; nothing more to release
@@ -544,7 +547,7 @@ mod release_tests {
             None,
         ));
         let task = ProcessTask::new(shared.clone(), None);
-        assert!(shared.start(1, None));
+        assert!(shared.start(1, None, None));
         shared.finish_with_reply(Ok(&[0xc0]), Instant::now());
         report_end(&*shared);
         match task.wait() {

@@ -20,6 +20,7 @@ use crate::error::TaskError;
 use crate::protocol::codec;
 use crate::protocol::event::{Credit, Report, Reports};
 use crate::sys::panic::catch;
+use crate::sys::signal::{Signal, Stopper};
 use crate::sys::wait;
 use crate::trace::TaskSpan;
 
@@ -48,8 +49,9 @@ pub(crate) trait AnyTask: Send + Sync + Reports {
     fn options(&self) -> &TaskOptions;
     /// Marks the task as sent to worker `pid` on `host` (`None`: this machine). Returns `false`
     /// if it already finished (it was cancelled while queued), in which case it must not be
-    /// sent.
-    fn start(&self, pid: u32, host: Option<&Arc<str>>) -> bool;
+    /// sent. `stopper`, armed for this task, is given when the worker holds no other job: from
+    /// the moment the task runs, a cancel signals the worker itself.
+    fn start(&self, pid: u32, host: Option<&Arc<str>>, stopper: Option<&Arc<Stopper>>) -> bool;
     /// Marks the task as sent ahead to a worker (`true`) that has not started it, or as back
     /// in the pool's hands (`false`): while it is out, a cancel does not settle it, since the
     /// worker may have started it in the meantime; the slot settles it.
@@ -59,7 +61,9 @@ pub(crate) trait AnyTask: Send + Sync + Reports {
     fn finish_with_reply(&self, reply: Result<&[u8], TaskError>, at: Instant);
     /// Finishes the task with `error`; returns whether this call finished it.
     fn finish_with_error(&self, error: TaskError) -> bool;
-    /// Cancels the task if it has not finished; returns whether it did.
+    /// Cancels the task if it has not finished; returns whether it did. A task that got a
+    /// stopper when it started has its worker signalled here and now, unless the driver
+    /// disarmed it since (the worker answered, or was given more).
     fn cancel(&self) -> bool;
     fn is_finished(&self) -> bool;
     /// Records that no worker process is doing anything for the task any more.
@@ -196,6 +200,8 @@ struct State<T> {
     ahead: bool,
     /// Whether the end was claimed by [`report_end`].
     end_reported: bool,
+    /// What stops its worker from the handle's thread on a cancel, while armed for it.
+    stopper: Option<Arc<Stopper>>,
 }
 
 impl<T> Shared<T> {
@@ -231,6 +237,7 @@ impl<T> Shared<T> {
                 start_reported: false,
                 ahead: false,
                 end_reported: false,
+                stopper: None,
             }),
             changed: Event::new(),
         }
@@ -346,6 +353,18 @@ impl<T> Shared<T> {
             if let Some(tally) = &self.tally {
                 tally.count(state.meta.status);
             }
+            // A cancelled task's worker, if it runs this task alone, is signalled now. Under
+            // this lock, after the status: the driver finds the task cancelled only with the
+            // signal sent, so it disarms the stopper after, and then stops that worker.
+            if let Some(stopper) = state.stopper.take() {
+                if state.meta.status == TaskStatus::Cancelled {
+                    let signal = match self.options.cancel_timeout.is_zero() {
+                        true => Signal::KILL,
+                        false => Signal::TERM,
+                    };
+                    stopper.fire(self.started.id, signal);
+                }
+            }
             state.outcome = Some(outcome);
             // With no end callback to wait for, the result is handed out at once (the report
             // then only records the end): the awaiter runs beside the rest of the driver's
@@ -412,11 +431,13 @@ impl<T: Send> AnyTask for Shared<T> {
         &self.options
     }
 
-    fn start(&self, pid: u32, host: Option<&Arc<str>>) -> bool {
+    fn start(&self, pid: u32, host: Option<&Arc<str>>, stopper: Option<&Arc<Stopper>>) -> bool {
         let mut state = self.lock();
         if state.meta.status != TaskStatus::Pending {
             return false;
         }
+        // Under the same lock as the status: a cancel that finds the task running finds it.
+        state.stopper = stopper.cloned();
         state.meta.status = TaskStatus::Running;
         state.meta.pid = Some(pid);
         state.meta.host = host.cloned();
