@@ -23,7 +23,7 @@
 //! `cargo bench --bench overhead -- payloads` runs figure 12 alone.
 //!
 //! `cargo bench --bench overhead -- throughput` prints figure 3 alone, five times;
-//! `-- round-trip` figures 1 and 2 (smol) alone, to profile, under `taskset -c 0` for the
+//! `-- round-trip` figures 1 and 2 alone, to profile, under `taskset -c 0` for the
 //! pinned figures; `-- cancel` cancel → worker gone alone, beside procspawn.
 
 use std::io::{Read, Write};
@@ -692,11 +692,19 @@ fn main() {
         // (under `taskset -c 0` for the pinned figures).
         let (same50, _) = percentiles(&mut raw_pipe_round_trips(0));
         let (smol50, _) = percentiles(&mut smol::block_on(offload_round_trips(&pool)));
+        let tokio_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tokio50, _) = percentiles(&mut tokio_rt.block_on(offload_round_trips(&pool)));
+        let ratio = |d: Duration| d.as_secs_f64() / same50.as_secs_f64();
         println!(
-            "1./2. raw same CPU {:.1} µs, offload smol {:.1} µs ({:.1}×)",
+            "1./2. raw same CPU {:.1} µs, offload smol {:.1} µs ({:.1}×), Tokio {:.1} µs ({:.1}×)",
             micros(same50),
             micros(smol50),
-            smol50.as_secs_f64() / same50.as_secs_f64()
+            ratio(smol50),
+            micros(tokio50),
+            ratio(tokio50)
         );
         return;
     }

@@ -1,7 +1,7 @@
 //! Operating-system and runtime primitives that every other layer builds on: signalling a
-//! process through a pidfd, the executable's own path, waiting with a deadline, turning a
-//! panic into data, the driver's own poller, shared memory for large frames, and `SIGPIPE` for a worker that serves
-//! before `main`.
+//! process group (and the stopper a cancel fires), the executable's own path, waiting with a
+//! deadline, turning a panic into data, the driver's own poller and executor, shared memory
+//! for large frames, and `SIGPIPE` for a worker that serves before `main`.
 
 pub(crate) mod exe;
 pub(crate) mod panic;
