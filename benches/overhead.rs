@@ -24,7 +24,8 @@
 //!
 //! `cargo bench --bench overhead -- throughput` prints figure 3 alone, five times;
 //! `-- round-trip` figures 1 and 2 alone, to profile, under `taskset -c 0` for the
-//! pinned figures; `-- cancel` cancel → worker gone alone, beside procspawn.
+//! pinned figures; `-- cancel` cancel → worker gone alone, beside procspawn; `-- speedup`
+//! figure 7 alone, five times.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -718,6 +719,20 @@ fn main() {
             millis(gone50),
             peer50.as_secs_f64() / gone50.as_secs_f64()
         );
+        return;
+    }
+    if args.iter().any(|a| a == "speedup") {
+        // `cargo bench --bench overhead -- speedup`: figure 7 alone, five times.
+        let rounds = calibrate();
+        for _ in 0..5 {
+            let (sequential, parallel) = speedup(&pool, rounds);
+            println!(
+                "7. speedup {:.2} (sequential {} ms, pool {} ms)",
+                sequential.as_secs_f64() / parallel.as_secs_f64(),
+                sequential.as_millis(),
+                parallel.as_millis()
+            );
+        }
         return;
     }
     if args.iter().any(|a| a == "throughput") {
