@@ -268,13 +268,18 @@ impl WorkerLink {
     }
 
     async fn greet(&mut self, expected_build: u64) -> io::Result<()> {
-        // Without them (no memfd here), every frame goes through the pipe.
-        let regions = match self.remote {
-            false => Region::create()
-                .and_then(|jobs| Ok((jobs, Region::create()?)))
-                .ok(),
-            true => None,
-        };
+        // Without them (no memfd here), every frame goes through the pipe. Held by the link
+        // from here on, not by this future: if the handshake times out, they stay open until
+        // the worker is stopped and reaped, so that a late worker cannot open whatever took
+        // their descriptor numbers meanwhile.
+        if !self.remote {
+            if let Ok((jobs, replies)) =
+                Region::create().and_then(|jobs| Ok((jobs, Region::create()?)))
+            {
+                self.jobs = Some(jobs);
+                self.replies = Some(replies);
+            }
+        }
         let hello = frame::frame(&ToWorker::Hello {
             build: expected_build,
             parent: std::process::id(),
@@ -282,8 +287,10 @@ impl WorkerLink {
             remote: self.remote,
             target: target(),
             log_level: log::max_level() as u8,
-            regions: regions
+            regions: self
+                .jobs
                 .as_ref()
+                .zip(self.replies.as_ref())
                 .map(|(jobs, replies)| (jobs.raw_fd(), replies.raw_fd())),
         });
         let who = self.who();
@@ -312,9 +319,8 @@ impl WorkerLink {
                 },
                 _,
             )) if got == self.pid => {
-                if let (Some((jobs, replies)), true) = (regions, opened) {
-                    self.jobs = Some(jobs);
-                    self.replies = Some(replies);
+                if !opened {
+                    (self.jobs, self.replies) = (None, None);
                 }
                 Ok(())
             }
