@@ -15,7 +15,8 @@
 //! is garbage that the decoder rejects.
 //!
 //! A region gives the pages past [`KEPT`] back once its sender has sent [`TRIM_AFTER`] small
-//! frames in a row, or when the worker has been idle for a while ([`Region::give_back`]): a
+//! frames in a row and the large frame was taken, or when the worker has been idle for a
+//! while ([`Region::give_back`]): a
 //! worker that once carried 256 MiB does not hold it for the rest of its life, and large
 //! frames with a few small ones between them (progress, a benchmark's sizes) find their pages
 //! allocated.
@@ -191,13 +192,14 @@ impl Region {
     }
 
     /// The sender, as it sends a small frame through the pipe: after [`TRIM_AFTER`] of them
-    /// in a row, gives back what a large frame grew.
+    /// in a row, gives back what a large frame grew, and tries again at each one after until
+    /// it could (the receiver may not have taken the large frame yet).
     pub(crate) fn trim(&mut self) {
         if self.small < TRIM_AFTER {
             self.small += 1;
-            if self.small == TRIM_AFTER {
-                self.give_back();
-            }
+        }
+        if self.small == TRIM_AFTER && self.grown {
+            self.give_back();
         }
     }
 
@@ -315,7 +317,8 @@ mod tests {
             "kept until the receiver took it"
         );
         take(&mut receiver, number, large.len()).unwrap();
-        sender.give_back();
+        // The next small frame tries again, now that it was taken.
+        sender.trim();
         assert!(
             sender.held() <= HEADER + KEPT as u64,
             "{} bytes held",
