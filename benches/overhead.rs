@@ -4,7 +4,8 @@
 //! allows, on a pool of 2 workers (docs/performance.md explains each figure):
 //!
 //! 1. raw pipe ping-pong with a child process, same CPU and across CPUs (the floor);
-//! 2. offload's trivial-task round trip under smol and Tokio, and the ratio to (1);
+//! 2. offload's trivial-task round trip under smol and Tokio, and the ratio to (1), also with
+//!    the caller, the pool's thread and its workers all on one CPU;
 //! 3. trivial tasks per second, spawned one by one and through `map`;
 //! 4. a 16 MiB `serde_bytes` echo against a raw pipe echo of the same buffer;
 //! 5. cold start of a pool of 2 and its first result;
@@ -23,9 +24,8 @@
 //! `cargo bench --bench overhead -- payloads` runs figure 12 alone.
 //!
 //! `cargo bench --bench overhead -- throughput` prints figure 3 alone, five times;
-//! `-- round-trip` figures 1 and 2 alone, to profile, under `taskset -c 0` for the
-//! pinned figures; `-- cancel` cancel → worker gone alone, beside procspawn; `-- speedup`
-//! figure 7 alone, five times.
+//! `-- round-trip` figures 1 and 2 alone, to profile; `-- cancel` cancel → worker gone alone,
+//! beside procspawn; `-- speedup` figure 7 alone, five times.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -197,6 +197,24 @@ async fn offload_round_trips(pool: &ProcessPool) -> Vec<Duration> {
         assert_eq!(v, i + 1);
     }
     samples
+}
+
+/// Round trips (smol, then Tokio) with the caller, the pool's thread and its workers all on
+/// CPU 0: the pool is made while this thread is pinned, and its thread and workers inherit
+/// the affinity (like `taskset -c 0` on the whole program).
+fn pinned_round_trips() -> (Vec<Duration>, Vec<Duration>) {
+    pin(Some(0));
+    let pool = ProcessPool::new(2).unwrap();
+    pool.spawn(trivial, 0).wait().unwrap(); // workers are ready
+    let smol = smol::block_on(offload_round_trips(&pool));
+    let tokio_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tokio = tokio_rt.block_on(offload_round_trips(&pool));
+    pool.shutdown_blocking();
+    pin(None);
+    (smol, tokio)
 }
 
 fn cold_starts() -> Vec<Duration> {
@@ -689,8 +707,7 @@ fn main() {
         return;
     }
     if args.iter().any(|a| a == "round-trip") {
-        // `cargo bench --bench overhead -- round-trip`: figures 1 and 2 alone, to profile
-        // (under `taskset -c 0` for the pinned figures).
+        // `cargo bench --bench overhead -- round-trip`: figures 1 and 2 alone, to profile.
         let (same50, _) = percentiles(&mut raw_pipe_round_trips(0));
         let (smol50, _) = percentiles(&mut smol::block_on(offload_round_trips(&pool)));
         let tokio_rt = tokio::runtime::Builder::new_current_thread()
@@ -698,14 +715,22 @@ fn main() {
             .build()
             .unwrap();
         let (tokio50, _) = percentiles(&mut tokio_rt.block_on(offload_round_trips(&pool)));
+        let (mut pinned_smol, mut pinned_tokio) = pinned_round_trips();
+        let (pinned_smol50, _) = percentiles(&mut pinned_smol);
+        let (pinned_tokio50, _) = percentiles(&mut pinned_tokio);
         let ratio = |d: Duration| d.as_secs_f64() / same50.as_secs_f64();
         println!(
-            "1./2. raw same CPU {:.1} µs, offload smol {:.1} µs ({:.1}×), Tokio {:.1} µs ({:.1}×)",
+            "1./2. raw same CPU {:.1} µs; offload smol {:.1} µs ({:.1}×), Tokio {:.1} µs ({:.1}×); \
+             all on one CPU: smol {:.1} µs ({:.1}×), Tokio {:.1} µs ({:.1}×)",
             micros(same50),
             micros(smol50),
             ratio(smol50),
             micros(tokio50),
-            ratio(tokio50)
+            ratio(tokio50),
+            micros(pinned_smol50),
+            ratio(pinned_smol50),
+            micros(pinned_tokio50),
+            ratio(pinned_tokio50)
         );
         return;
     }
@@ -758,6 +783,9 @@ fn main() {
         .build()
         .unwrap();
     let (tokio50, tokio99) = percentiles(&mut tokio_rt.block_on(offload_round_trips(&pool)));
+    let (mut pinned_smol, mut pinned_tokio) = pinned_round_trips();
+    let (pinned_smol50, pinned_smol99) = percentiles(&mut pinned_smol);
+    let (pinned_tokio50, pinned_tokio99) = percentiles(&mut pinned_tokio);
     let (cold50, cold99) = percentiles(&mut cold_starts());
     let (mut reaped, mut replaced) = cancels();
     let (reaped50, reaped99) = percentiles(&mut reaped);
@@ -802,6 +830,8 @@ fn main() {
     for (name, p50, p99) in [
         ("2. trivial round trip, smol", smol50, smol99),
         ("2. trivial round trip, Tokio", tokio50, tokio99),
+        ("2. all on CPU 0, smol", pinned_smol50, pinned_smol99),
+        ("2. all on CPU 0, Tokio", pinned_tokio50, pinned_tokio99),
     ] {
         let ratio = p50.as_secs_f64() / same50.as_secs_f64();
         println!(
