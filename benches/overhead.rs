@@ -25,7 +25,8 @@
 //!
 //! `cargo bench --bench overhead -- throughput` prints figure 3 alone, five times;
 //! `-- round-trip` figures 1 and 2 alone, to profile; `-- cancel` cancel → worker gone alone,
-//! beside procspawn; `-- speedup` figure 7 alone, five times.
+//! beside procspawn; `-- speedup` figure 7 alone, five times; `-- echo` figure 4 alone,
+//! four series.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -744,6 +745,22 @@ fn main() {
             millis(gone50),
             peer50.as_secs_f64() / gone50.as_secs_f64()
         );
+        return;
+    }
+    if args.iter().any(|a| a == "echo") {
+        // `cargo bench --bench overhead -- echo`: figure 4 alone, four series.
+        let data: Vec<u8> = (0..ECHO_BYTES).map(|i| (i * 7 % 251) as u8).collect();
+        for _ in 0..4 {
+            let (mut raw, mut offloaded) = echoes(&pool, &data);
+            let (raw50, _) = percentiles(&mut raw);
+            let (offloaded50, _) = percentiles(&mut offloaded);
+            println!(
+                "4. 16 MiB echo p50: raw pipe {:.1} ms, offload {:.1} ms ({:.0} %)",
+                millis(raw50),
+                millis(offloaded50),
+                100.0 * raw50.as_secs_f64() / offloaded50.as_secs_f64()
+            );
+        }
         return;
     }
     if args.iter().any(|a| a == "speedup") {
