@@ -426,6 +426,39 @@ mod tests {
     }
 
     #[test]
+    fn data_that_came_while_nobody_waited_is_read_later() {
+        // The poller reports each change once (edge-triggered): a change reported while no
+        // task waits is dropped, and the next read must still find the data.
+        block_on(async {
+            let (mut read, mut write) = pipe();
+            let mut got = [0; 2];
+            // A read that waits, given up: its registration stays behind.
+            let gave_up = futures_lite::future::or(
+                async { read.read_exact(&mut got).await.map(|()| true) },
+                async { Ok(false) },
+            );
+            assert!(!gave_up.await.unwrap());
+            write.write_all(b"hi").await.unwrap();
+            // A turn of the poller reports the change, with no task waiting for it.
+            sleep(Duration::from_millis(5)).await;
+            read.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"hi");
+            // And the next change is reported again.
+            let later = async {
+                sleep(Duration::from_millis(5)).await;
+                write.write_all(b"yo").await.unwrap();
+            };
+            let ((), got) = futures_lite::future::zip(later, async {
+                let mut got = [0; 2];
+                read.read_exact(&mut got).await.unwrap();
+                got
+            })
+            .await;
+            assert_eq!(&got, b"yo");
+        });
+    }
+
+    #[test]
     fn a_future_that_wakes_itself_is_polled_again() {
         // Such a wake-up writes nothing to the poller: the loop must see it by itself.
         let mut polls = 0;
