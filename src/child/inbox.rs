@@ -66,17 +66,11 @@ pub(super) struct Inbox {
     remote: bool,
     /// Lends the input to the input thread.
     lend: mpsc::Sender<Input>,
-    /// What the input thread takes when it starts, at the first lend: a worker whose tasks
-    /// are never watched runs no second thread (one less to end when it is stopped).
-    unstarted: Mutex<Option<InputThread>>,
     /// Asks the input thread to give the input back.
     wake: OwnedFd,
     /// Where the input thread gives it back.
     given_back: Mutex<mpsc::Receiver<Input>>,
 }
-
-/// The input thread's ends of its channels: the input lent, the wake-up, the way back.
-type InputThread = (mpsc::Receiver<Input>, OwnedFd, mpsc::Sender<Input>);
 
 /// Locks `mutex`; no code that can panic runs under it.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,36 +78,32 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inbox {
-    /// Makes the inbox of a worker that writes to the parent through `channel`; its input
-    /// thread starts when the input is first lent.
-    pub(super) fn new(channel: &'static Channel, remote: bool) -> Result<&'static Inbox, String> {
+    /// Starts the input thread of a worker that writes to the parent through `channel`.
+    pub(super) fn start(channel: &'static Channel, remote: bool) -> Result<&'static Inbox, String> {
         let (wake_read, wake) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| format!("could not make its wake-up pipe: {e}"))?;
         let (lend, lent) = mpsc::channel::<Input>();
         let (give_back, given_back) = mpsc::channel::<Input>();
         // Lives as long as the worker process: its thread holds it.
-        Ok(Box::leak(Box::new(Inbox {
+        let inbox: &'static Inbox = Box::leak(Box::new(Inbox {
             waiting: Mutex::new(VecDeque::new()),
             arrived: Condvar::new(),
             sleeping: AtomicBool::new(false),
             channel,
             remote,
             lend,
-            unstarted: Mutex::new(Some((lent, wake_read, give_back))),
             wake,
             given_back: Mutex::new(given_back),
-        })))
+        }));
+        std::thread::Builder::new()
+            .name("offload-input".into())
+            .spawn(move || inbox.read_while_lent(lent, wake_read, give_back))
+            .map_err(|e| format!("could not start its input thread: {e}"))?;
+        Ok(inbox)
     }
 
-    /// Lends `input` to the input thread for the task about to run (starting the thread
-    /// the first time).
-    pub(super) fn lend(&'static self, input: Input) -> Result<(), String> {
-        if let Some((lent, wake_read, give_back)) = lock(&self.unstarted).take() {
-            std::thread::Builder::new()
-                .name("offload-input".into())
-                .spawn(move || self.read_while_lent(lent, wake_read, give_back))
-                .map_err(|e| format!("could not start its input thread: {e}"))?;
-        }
+    /// Lends `input` to the input thread for the task about to run.
+    pub(super) fn lend(&self, input: Input) -> Result<(), String> {
         self.lend
             .send(input)
             .map_err(|_| "its input thread ended".to_string())

@@ -105,7 +105,7 @@ const PIPELINE_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 /// comes from the inbox, and its `Started`, if it confirms its start, leaves in the same write
 /// as the reply of the task before it.
 fn serve_jobs(mut link: ParentLink, remote: bool) -> Result<(), String> {
-    let inbox = Inbox::new(link.output, remote)?;
+    let inbox = Inbox::start(link.output, remote)?;
     let mut reply = Vec::new();
     // The job taken from the inbox as the last task ended.
     let mut next: Option<Waiting> = None;

@@ -579,9 +579,10 @@ async fn run_job<'a>(
             None => running.await,
         }
     };
-    // A worker its task's handle stopped gets nothing more, even if its answer came first.
+    // A worker its task's handle stopped gets nothing more, even if its answer came first;
+    // one seen dying (its output ended) is stopped as for any cancel, not buried as a death.
     let step = match (step, pipeline.disarm()) {
-        (Step::Reply(Ok(_)), true) => Step::Ended,
+        (Step::Reply(_), true) => Step::Ended,
         (step, _) => step,
     };
     // The task ended when its reply arrived, whatever is done before it is handed out.

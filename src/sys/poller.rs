@@ -18,6 +18,9 @@ use rustix::fd::{BorrowedFd, OwnedFd};
 /// sources, far below it).
 const NOTIFY: u64 = u64::MAX;
 
+/// The longest single wait: `i32::MAX` milliseconds, less one for the rounding up.
+const MAX_WAIT: Duration = Duration::from_millis(i32::MAX as u64 - 1);
+
 /// An epoll set and its notifier.
 pub(crate) struct Poller {
     epoll: OwnedFd,
@@ -91,11 +94,15 @@ impl Poller {
     }
 
     /// Waits until a registered fd changes, [`notify`](Poller::notify) is called, or
-    /// `timeout` passes (rounded up to the millisecond: never early).
+    /// `timeout` passes (rounded up to the millisecond: never early; one of over 24 days
+    /// ends early, and the caller waits again).
     pub(crate) fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
         events.0.clear();
-        // A timeout too long for a timespec waits without one.
-        let timeout = timeout.and_then(|t| Timespec::try_from(t).ok());
+        // Within what `epoll_pwait` takes in milliseconds: a longer one would need
+        // `epoll_pwait2`, which kernels before 5.11 (and some seccomp filters) refuse.
+        let timeout = timeout
+            .map(|t| t.min(MAX_WAIT))
+            .and_then(|t| Timespec::try_from(t).ok());
         epoll::wait(
             &self.epoll,
             rustix::buffer::spare_capacity(&mut events.0),

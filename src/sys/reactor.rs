@@ -116,11 +116,15 @@ pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
     let mut cx = Context::from_waker(&waker);
     let mut future = pin!(future);
     let mut events = Events::new();
+    // Set while this thread runs the future or the wakers of its events and timers: their
+    // wake-ups are seen at the top of the loop, and need no word to the poller.
+    let on_this_thread = || POLLING.with(|polling| polling.set(Arc::as_ptr(&notifier)));
+    let off_this_thread = || POLLING.with(|polling| polling.set(std::ptr::null()));
     loop {
         if notifier.woken.swap(false, Ordering::AcqRel) {
-            POLLING.with(|polling| polling.set(Arc::as_ptr(&notifier)));
+            on_this_thread();
             let polled = future.as_mut().poll(&mut cx);
-            POLLING.with(|polling| polling.set(std::ptr::null()));
+            off_this_thread();
             if let Poll::Ready(output) = polled {
                 return output;
             }
@@ -135,14 +139,46 @@ pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
             .keys()
             .next()
             .map(|(deadline, _)| deadline.saturating_duration_since(Instant::now()));
-        // An error (EINTR) only returns early; the loop polls and waits again.
-        let _ = reactor.poller.wait(&mut events, timeout);
-        reactor.dispatch(&events);
-        reactor.fire_timers();
+        match reactor.poller.wait(&mut events, timeout) {
+            Ok(()) => {
+                on_this_thread();
+                reactor.dispatch(&events);
+                reactor.fire_timers();
+                off_this_thread();
+            }
+            // A signal only ends the wait early: the loop polls and waits again.
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            // A poller that fails (it has no cause to) must not leave its tasks waiting for
+            // events it cannot report: every task waiting on it is woken to try again, a
+            // millisecond from now, until it works again.
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(1));
+                on_this_thread();
+                reactor.wake_all();
+                reactor.fire_timers();
+                off_this_thread();
+            }
+        }
     }
 }
 
 impl Reactor {
+    /// Wakes every task waiting for a pipe (a task woken for nothing tries again and waits
+    /// again).
+    fn wake_all(&self) {
+        let wakers: Vec<Waker> = self
+            .sources
+            .borrow_mut()
+            .iter_mut()
+            .flatten()
+            .flat_map(|source| [source.read.take(), source.write.take()])
+            .flatten()
+            .collect();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
     /// Wakes the tasks waiting for the events that came.
     fn dispatch(&self, events: &Events) {
         let mut wakers = Vec::new();
