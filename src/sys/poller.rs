@@ -98,6 +98,10 @@ impl Poller {
     /// ends early, and the caller waits again).
     pub(crate) fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
         events.0.clear();
+        #[cfg(test)]
+        if tests::FAILING.with(std::cell::Cell::get) {
+            return Err(rustix::io::Errno::NOSYS.into()); // as a refused call gives
+        }
         // Within what `epoll_pwait` takes in milliseconds: a longer one would need
         // `epoll_pwait2`, which kernels before 5.11 (and some seccomp filters) refuse.
         let timeout = timeout
@@ -118,5 +122,16 @@ impl Poller {
             Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
             Err(err) => Err(err.into()),
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Makes every wait of this thread's pollers fail, as a kernel or a seccomp filter
+        /// that refuses the call would.
+        pub(crate) static FAILING: Cell<bool> = const { Cell::new(false) };
     }
 }

@@ -495,6 +495,26 @@ mod tests {
     }
 
     #[test]
+    fn a_poller_that_fails_still_lets_its_pipes_be_read() {
+        // Every wait fails: the tasks waiting on the poller are woken to try again.
+        super::super::poller::tests::FAILING.with(|failing| failing.set(true));
+        let got = block_on(async {
+            let (mut read, write) = pipe();
+            let write = rustix::io::dup(&write).unwrap();
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                rustix::io::write(&write, b"late").unwrap();
+            });
+            let mut got = [0; 4];
+            read.read_exact(&mut got).await.unwrap();
+            writer.join().unwrap();
+            got
+        });
+        super::super::poller::tests::FAILING.with(|failing| failing.set(false));
+        assert_eq!(&got, b"late");
+    }
+
+    #[test]
     fn a_future_that_wakes_itself_is_polled_again() {
         // Such a wake-up writes nothing to the poller: the loop must see it by itself.
         let mut polls = 0;
