@@ -200,22 +200,27 @@ async fn offload_round_trips(pool: &ProcessPool) -> Vec<Duration> {
     samples
 }
 
-/// Round trips (smol, then Tokio) with the caller, the pool's thread and its workers all on
-/// CPU 0: the pool is made while this thread is pinned, and its thread and workers inherit
-/// the affinity (like `taskset -c 0` on the whole program).
-fn pinned_round_trips() -> (Vec<Duration>, Vec<Duration>) {
-    pin(Some(0));
-    let pool = ProcessPool::new(2).unwrap();
-    pool.spawn(trivial, 0).wait().unwrap(); // workers are ready
-    let smol = smol::block_on(offload_round_trips(&pool));
+/// Round trips on `pool` under smol, then under Tokio (a current-thread runtime).
+fn runtime_round_trips(pool: &ProcessPool) -> (Vec<Duration>, Vec<Duration>) {
+    let smol = smol::block_on(offload_round_trips(pool));
     let tokio_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let tokio = tokio_rt.block_on(offload_round_trips(&pool));
+    (smol, tokio_rt.block_on(offload_round_trips(pool)))
+}
+
+/// [`runtime_round_trips`] with the caller, the pool's thread and its workers all on CPU 0:
+/// the pool is made while this thread is pinned, and its thread and workers inherit the
+/// affinity (like `taskset -c 0` on the whole program).
+fn pinned_round_trips() -> (Vec<Duration>, Vec<Duration>) {
+    pin(Some(0));
+    let pool = ProcessPool::new(2).unwrap();
+    pool.spawn(trivial, 0).wait().unwrap(); // workers are ready
+    let round_trips = runtime_round_trips(&pool);
     pool.shutdown_blocking();
     pin(None);
-    (smol, tokio)
+    round_trips
 }
 
 fn cold_starts() -> Vec<Duration> {
@@ -710,12 +715,9 @@ fn main() {
     if args.iter().any(|a| a == "round-trip") {
         // `cargo bench --bench overhead -- round-trip`: figures 1 and 2 alone, to profile.
         let (same50, _) = percentiles(&mut raw_pipe_round_trips(0));
-        let (smol50, _) = percentiles(&mut smol::block_on(offload_round_trips(&pool)));
-        let tokio_rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (tokio50, _) = percentiles(&mut tokio_rt.block_on(offload_round_trips(&pool)));
+        let (mut smol, mut tokio) = runtime_round_trips(&pool);
+        let (smol50, _) = percentiles(&mut smol);
+        let (tokio50, _) = percentiles(&mut tokio);
         let (mut pinned_smol, mut pinned_tokio) = pinned_round_trips();
         let (pinned_smol50, _) = percentiles(&mut pinned_smol);
         let (pinned_tokio50, _) = percentiles(&mut pinned_tokio);
@@ -794,12 +796,9 @@ fn main() {
     let (echo50, _) = percentiles(&mut offload_echoes);
     let (same50, same99) = percentiles(&mut raw_pipe_round_trips(0));
     let (cross50, cross99) = percentiles(&mut raw_pipe_round_trips(1));
-    let (smol50, smol99) = percentiles(&mut smol::block_on(offload_round_trips(&pool)));
-    let tokio_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (tokio50, tokio99) = percentiles(&mut tokio_rt.block_on(offload_round_trips(&pool)));
+    let (mut smol, mut tokio) = runtime_round_trips(&pool);
+    let (smol50, smol99) = percentiles(&mut smol);
+    let (tokio50, tokio99) = percentiles(&mut tokio);
     let (mut pinned_smol, mut pinned_tokio) = pinned_round_trips();
     let (pinned_smol50, pinned_smol99) = percentiles(&mut pinned_smol);
     let (pinned_tokio50, pinned_tokio99) = percentiles(&mut pinned_tokio);

@@ -17,7 +17,7 @@ use self::copy::Delivery;
 use crate::protocol::build::{build_id, content_id};
 use crate::protocol::{WORKER_ENV, WORKER_FLAG};
 use crate::sys::exe::current_program;
-use crate::sys::signal::{Pidfd, Signal, Stopper};
+use crate::sys::signal::{first_stop_signal, Pidfd, Signal, Stopper};
 use crate::sys::wait::within;
 
 pub(crate) mod copy;
@@ -441,12 +441,8 @@ impl Process {
     /// The first signal of a stop, which needs no waiting: `SIGTERM`, or `SIGKILL` for a zero
     /// grace, to the whole group.
     pub(crate) fn signal_stop(&self, grace: Duration) {
-        let first = match grace.is_zero() {
-            true => Signal::KILL,
-            false => Signal::TERM,
-        };
         if !self.reaped {
-            let _ = self.pidfd.signal_group(first);
+            let _ = self.pidfd.signal_group(first_stop_signal(grace));
         }
     }
 

@@ -73,8 +73,8 @@ impl Wake for Notifier {
     fn wake_by_ref(self: &Arc<Self>) {
         // Only the first wake-up since the last poll needs to interrupt the wait.
         if !self.woken.swap(true, Ordering::AcqRel) {
-            // A wake-up from inside the poll of this thread's own future needs no word: the
-            // loop sees `woken` when the poll returns, and polls again.
+            // A wake-up from this thread while it polls its future or runs the wakers of its
+            // events needs no word: the loop sees `woken` at its top, and polls again.
             if POLLING.with(|polling| polling.get() == Arc::as_ptr(self)) {
                 return;
             }
@@ -139,26 +139,23 @@ pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
             .keys()
             .next()
             .map(|(deadline, _)| deadline.saturating_duration_since(Instant::now()));
-        match reactor.poller.wait(&mut events, timeout) {
-            Ok(()) => {
-                on_this_thread();
-                reactor.dispatch(&events);
-                reactor.fire_timers();
-                off_this_thread();
-            }
-            // A signal only ends the wait early: the loop polls and waits again.
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            // A poller that fails (it has no cause to) must not leave its tasks waiting for
-            // events it cannot report: every task waiting on it is woken to try again, a
-            // millisecond from now, until it works again.
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(1));
-                on_this_thread();
-                reactor.wake_all();
-                reactor.fire_timers();
-                off_this_thread();
-            }
+        // A signal only ends the wait early (with no events). A poller that fails (it has no
+        // cause to) must not leave its tasks waiting for events it cannot report: every task
+        // waiting on it is woken to try again, a millisecond from now, until it works again.
+        let failed = reactor
+            .poller
+            .wait(&mut events, timeout)
+            .is_err_and(|err| err.kind() != io::ErrorKind::Interrupted);
+        if failed {
+            std::thread::sleep(Duration::from_millis(1));
         }
+        on_this_thread();
+        match failed {
+            true => reactor.wake_all(),
+            false => reactor.dispatch(&events),
+        }
+        reactor.fire_timers();
+        off_this_thread();
     }
 }
 

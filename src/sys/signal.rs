@@ -10,6 +10,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use rustix::process::Pid;
 pub(crate) use rustix::process::Signal;
@@ -60,6 +61,15 @@ impl Pidfd {
         while let Ok(None) = waitid(WaitId::Pid(pid), options) {
             async_io::Timer::after(std::time::Duration::from_millis(1)).await;
         }
+    }
+}
+
+/// The first signal of a stop with `grace` before `SIGKILL`: `SIGTERM`, or `SIGKILL` at once
+/// for a zero grace.
+pub(crate) fn first_stop_signal(grace: Duration) -> Signal {
+    match grace.is_zero() {
+        true => Signal::KILL,
+        false => Signal::TERM,
     }
 }
 
@@ -134,9 +144,9 @@ impl Stopper {
         *self.lock() = Armed::Closed;
     }
 
-    /// Sends `signal` to the worker's group if it runs task `id` alone; returns whether it
-    /// did.
-    pub(crate) fn fire(&self, id: u64, signal: Signal) -> bool {
+    /// Sends the worker's group the first signal of a stop with `grace` (see
+    /// [`first_stop_signal`]) if it runs task `id` alone; returns whether it did.
+    pub(crate) fn fire(&self, id: u64, grace: Duration) -> bool {
         let mut state = self.lock();
         if *state != Armed::For(id) {
             return false;
@@ -144,7 +154,7 @@ impl Stopper {
         *state = Armed::Fired;
         // Under the lock: the worker is unreaped until `close`, which waits for it, so its
         // number still names its group alone (see the module docs).
-        let _ = signal_group(self.pid, signal);
+        let _ = signal_group(self.pid, first_stop_signal(grace));
         true
     }
 }
@@ -173,19 +183,19 @@ mod tests {
             .spawn()
             .unwrap();
         let stopper = Stopper::new(child.id());
-        assert!(!stopper.fire(1, Signal::KILL), "not armed");
+        assert!(!stopper.fire(1, Duration::ZERO), "not armed");
         stopper.arm(1);
-        assert!(!stopper.fire(2, Signal::KILL), "armed for another task");
+        assert!(!stopper.fire(2, Duration::ZERO), "armed for another task");
         assert!(!stopper.disarm(), "disarmed unfired");
-        assert!(!stopper.fire(1, Signal::KILL), "disarmed");
+        assert!(!stopper.fire(1, Duration::ZERO), "disarmed");
         stopper.arm(1);
-        assert!(stopper.fire(1, Signal::KILL));
+        assert!(stopper.fire(1, Duration::ZERO));
         assert!(stopper.disarm(), "a fired stopper says so");
         assert_eq!(child.wait().unwrap().signal(), Some(Signal::KILL.as_raw()));
         stopper.close();
         stopper.arm(3);
         assert!(
-            !stopper.fire(3, Signal::KILL),
+            !stopper.fire(3, Duration::ZERO),
             "closed before the reap: never again"
         );
     }

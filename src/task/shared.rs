@@ -20,7 +20,7 @@ use crate::error::TaskError;
 use crate::protocol::codec;
 use crate::protocol::event::{Credit, Report, Reports};
 use crate::sys::panic::catch;
-use crate::sys::signal::{Signal, Stopper};
+use crate::sys::signal::Stopper;
 use crate::sys::wait;
 use crate::trace::TaskSpan;
 
@@ -358,11 +358,7 @@ impl<T> Shared<T> {
             // signal sent, so it disarms the stopper after, and then stops that worker.
             if let Some(stopper) = state.stopper.take() {
                 if state.meta.status == TaskStatus::Cancelled {
-                    let signal = match self.options.cancel_timeout.is_zero() {
-                        true => Signal::KILL,
-                        false => Signal::TERM,
-                    };
-                    stopper.fire(self.started.id, signal);
+                    stopper.fire(self.started.id, self.options.cancel_timeout);
                 }
             }
             state.outcome = Some(outcome);
